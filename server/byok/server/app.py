@@ -1,0 +1,111 @@
+"""The composition root: builds the store, the core, both doors, and wires them.
+
+No other module creates globals; tests build an `App` on port-0 addresses and a
+temporary data folder, exactly as `byok-server serve` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from byok.server.config import Settings
+from byok.server.gateway.app import build_http_app
+from byok.server.gateway.server import EmbeddedServer, bind, build_server
+from byok.server.rpc.server import GrpcServer, build_grpc_server
+from byok.server.services import service_bindings
+from byok.server.storage.sqlite import SqliteStore
+
+log = logging.getLogger("byok.server")
+
+
+class App:
+    """One byok server process: gRPC and HTTP on one event loop, one store."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store: SqliteStore | None = None
+        self.grpc: GrpcServer | None = None
+        self.http: EmbeddedServer | None = None
+        self.http_port = 0
+        self._http_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def grpc_port(self) -> int:
+        return self.grpc.port if self.grpc else 0
+
+    async def start(self) -> None:
+        s = self.settings
+        self.store = await SqliteStore.open(
+            s.database_path, busy_timeout_ms=s.sqlite_busy_timeout_ms
+        )
+        try:
+            self.grpc = build_grpc_server(service_bindings(), str(s.grpc_addr))
+            sock = bind(s.http_addr)
+        except OSError:
+            await self.store.close()
+            raise
+        self.http_port = sock.getsockname()[1]
+        await self.grpc.server.start()
+        await self.grpc.set_serving()
+        self.http = build_server(build_http_app(self._readiness), s.log_level)
+        self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]))
+        while not self.http.started:
+            if self._http_task.done():
+                await self._http_task
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        log.info(
+            "byok serving gRPC on %s:%d and HTTP on %s:%d, data in %s",
+            s.grpc_addr.host,
+            self.grpc_port,
+            s.http_addr.host,
+            self.http_port,
+            s.data_dir,
+        )
+
+    async def _readiness(self) -> str | None:
+        if self._stopping:
+            return "shutting down"
+        if self.store is None or self.grpc is None:
+            return "starting"
+        try:
+            await self.store.ping()
+        except Exception as exc:  # any failure means "not ready", with its reason
+            return f"database: {exc}"
+        return None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops taking calls, lets running ones finish within the grace period,
+        then closes the store. Safe to call more than once."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        log.info("byok stopping: no new calls, %.1fs for running ones", grace)
+        if self.grpc:
+            await self.grpc.health.enter_graceful_shutdown()
+            await self.grpc.server.stop(grace)
+        if self.http and self._http_task:
+            self.http.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._http_task
+        if self.store:
+            await self.store.close()
+        log.info("byok stopped")
+        self._stopped.set()
+
+    async def serve_until_signal(self) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        await self.stop()

@@ -1,0 +1,141 @@
+"""All of byok's settings, in one typed object read from the environment and `.env`.
+
+Nothing else in the server reads `os.environ`: the composition root builds a
+`Settings` once and hands the parts each component needs. An invalid value stops the
+start with one line that names the variable (`SettingsError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import platformdirs
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line fit for a person."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A host and a port to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_address(value: str) -> Address:
+    """Parses `host:port` or `[v6]:port`; port 0 asks the OS for a free port."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{value!r} is not host:port (IPv6 hosts go in brackets: [::1]:50051)")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:50051")
+    if not host:
+        raise ValueError(f"{value!r} has no host, e.g. 127.0.0.1:50051")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} has no valid port (0-65535)")
+    return Address(host, int(port_text))
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("byok", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """byok's configuration. `.env.example` documents every variable."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    grpc_addr: Annotated[Address, NoDecode] = Field(
+        default=Address("127.0.0.1", 50051), validation_alias=AliasChoices("BYOK_GRPC_ADDR")
+    )
+    http_addr: Annotated[Address, NoDecode] = Field(
+        default=Address("127.0.0.1", 8080), validation_alias=AliasChoices("BYOK_HTTP_ADDR")
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir, validation_alias=AliasChoices("BYOK_DATA_DIR")
+    )
+    shutdown_grace_seconds: float = Field(
+        default=10.0, ge=0, le=3600, validation_alias=AliasChoices("BYOK_SHUTDOWN_GRACE_SECONDS")
+    )
+    sqlite_busy_timeout_ms: int = Field(
+        default=5000, ge=0, le=600_000, validation_alias=AliasChoices("BYOK_SQLITE_BUSY_TIMEOUT_MS")
+    )
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("BYOK_LOG_LEVEL"))
+
+    @field_validator("grpc_addr", "http_addr", mode="before")
+    @classmethod
+    def _address(cls, value: object) -> object:
+        return parse_address(value) if isinstance(value, str) else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "byok.db"
+
+
+_ALIASES = {
+    name: (
+        field.validation_alias.choices[0]
+        if isinstance(field.validation_alias, AliasChoices)
+        else name.upper()
+    )
+    for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Reads the settings; overrides (from CLI flags) win over the environment.
+
+    Raises `SettingsError` with one line naming each bad variable.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            variable = _ALIASES.get(field, field)
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{variable}: {message}")
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None
+    except _SourceError as exc:  # a value the source itself could not parse
+        raise SettingsError(f"invalid setting: {exc}") from None

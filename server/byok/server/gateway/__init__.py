@@ -1,0 +1,1 @@
+"""The HTTP door: probes now, REST/JSON transcoding of the gRPC API later."""

@@ -1,0 +1,1 @@
+"""The gRPC door: the grpc.aio server with health checking and reflection."""

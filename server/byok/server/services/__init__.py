@@ -1,0 +1,57 @@
+"""One module per proto service: proto in, core call, proto out.
+
+Until the issue that owns a service lands, `unimplemented` stands in for it and
+answers each of its RPCs with UNIMPLEMENTED and the RPC's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from byok.server.rpc.server import ServiceBinding
+from byok.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    conversations_pb2,
+    conversations_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    spaces_pb2,
+    spaces_pb2_grpc,
+)
+
+
+def binding(pb2: Any, pb2_grpc: Any, service: str, servicer: Any) -> ServiceBinding:
+    full_name = str(pb2.DESCRIPTOR.services_by_name[service].full_name)
+    register = getattr(pb2_grpc, f"add_{service}Servicer_to_server")
+    return ServiceBinding(full_name, servicer, register)
+
+
+def unimplemented(pb2: Any, pb2_grpc: Any, service: str) -> ServiceBinding:
+    """A servicer whose every RPC answers UNIMPLEMENTED, without a traceback."""
+    descriptor = pb2.DESCRIPTOR.services_by_name[service]
+
+    def make(method: str) -> Any:
+        full = f"/{descriptor.full_name}/{method}"
+
+        async def handler(
+            self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{full} is not implemented yet")
+
+        return handler
+
+    base = getattr(pb2_grpc, f"{service}Servicer")
+    methods = {m.name: make(m.name) for m in descriptor.methods}
+    return binding(pb2, pb2_grpc, service, type(f"Unimplemented{service}", (base,), methods)())
+
+
+def service_bindings() -> list[ServiceBinding]:
+    return [
+        unimplemented(conversations_pb2, conversations_pb2_grpc, "ConversationService"),
+        unimplemented(chat_pb2, chat_pb2_grpc, "ChatService"),
+        unimplemented(models_pb2, models_pb2_grpc, "ModelService"),
+        unimplemented(spaces_pb2, spaces_pb2_grpc, "SpaceService"),
+    ]
