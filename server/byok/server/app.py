@@ -12,6 +12,7 @@ import logging
 import signal
 
 from byok.server.config import Settings
+from byok.server.conversations.service import Conversations
 from byok.server.gateway.app import build_http_app
 from byok.server.gateway.server import EmbeddedServer, bind, build_server
 from byok.server.rpc.server import GrpcServer, build_grpc_server
@@ -44,7 +45,8 @@ class App:
             s.database_path, busy_timeout_ms=s.sqlite_busy_timeout_ms
         )
         try:
-            self.grpc = build_grpc_server(service_bindings(), str(s.grpc_addr))
+            conversations = Conversations(self.store)
+            self.grpc = build_grpc_server(service_bindings(conversations), str(s.grpc_addr))
             sock = bind(s.http_addr)
         except OSError:
             await self.store.close()

@@ -25,7 +25,9 @@ class MessageStatus(enum.IntEnum):
 
 def etag_of(resource_id: str, revision: int) -> str:
     """Opaque, changes with every revision of the resource."""
-    return hashlib.sha1(f"{resource_id}:{revision}".encode(), usedforsecurity=False).hexdigest()[:16]
+    return hashlib.sha1(f"{resource_id}:{revision}".encode(), usedforsecurity=False).hexdigest()[
+        :16
+    ]
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Message:
     create_time_us: int = 0
     update_time_us: int = 0
     revision: int = 1
+    seq: int = 0  # storage order within the database; the paging cursor
 
     @property
     def name(self) -> str:
@@ -81,6 +84,7 @@ class Conversation:
     update_time_us: int = 0
     revision: int = 1
     messages: list[Message] | None = None  # set only when asked for (FULL view)
+    seq: int = 0  # storage order; the paging cursor
 
     @property
     def name(self) -> str:
@@ -89,3 +93,11 @@ class Conversation:
     @property
     def etag(self) -> str:
         return etag_of(self.id, self.revision)
+
+
+@dataclass
+class SearchHit:
+    message: Message
+    conversation_title: str
+    snippet: str
+    score: float  # higher is better; 0 when ordered by time

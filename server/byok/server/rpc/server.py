@@ -10,6 +10,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from byok.server.rpc.errors import ErrorInterceptor
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -36,11 +38,12 @@ class GrpcServer:
 
 def build_grpc_server(bindings: Sequence[ServiceBinding], address: str) -> GrpcServer:
     server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     for binding in bindings:
         binding.register(binding.servicer, server)

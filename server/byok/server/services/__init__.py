@@ -10,7 +10,9 @@ from typing import Any
 
 import grpc
 
+from byok.server.conversations.service import Conversations
 from byok.server.rpc.server import ServiceBinding
+from byok.server.services.conversations import ConversationServicer
 from byok.v1 import (
     chat_pb2,
     chat_pb2_grpc,
@@ -48,9 +50,14 @@ def unimplemented(pb2: Any, pb2_grpc: Any, service: str) -> ServiceBinding:
     return binding(pb2, pb2_grpc, service, type(f"Unimplemented{service}", (base,), methods)())
 
 
-def service_bindings() -> list[ServiceBinding]:
+def service_bindings(conversations: Conversations) -> list[ServiceBinding]:
     return [
-        unimplemented(conversations_pb2, conversations_pb2_grpc, "ConversationService"),
+        binding(
+            conversations_pb2,
+            conversations_pb2_grpc,
+            "ConversationService",
+            ConversationServicer(conversations),
+        ),
         unimplemented(chat_pb2, chat_pb2_grpc, "ChatService"),
         unimplemented(models_pb2, models_pb2_grpc, "ModelService"),
         unimplemented(spaces_pb2, spaces_pb2_grpc, "SpaceService"),

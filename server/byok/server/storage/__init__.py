@@ -1,5 +1,5 @@
 """Persistence behind one async interface (`Store`); SQL never leaves this package."""
 
-from byok.server.storage.base import Store, User
+from byok.server.storage.base import ImportRecord, Store, User
 
-__all__ = ["Store", "User"]
+__all__ = ["ImportRecord", "Store", "User"]

@@ -6,8 +6,12 @@ implementations pass one shared, parametrized test suite.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from byok.server.conversations.model import Conversation, Message, SearchHit
+from byok.server.filtering import Condition
 
 DEFAULT_USER_ID = "local"
 
@@ -23,7 +27,26 @@ class User:
     create_time_us: int
 
 
+@dataclass(frozen=True)
+class ImportRecord:
+    """One imported thread, ready to store: its messages already carry their new ids."""
+
+    source_key: str
+    preferred_id: str | None
+    title: str
+    metadata: dict[str, str]
+    pinned: bool
+    archived: bool
+    create_time_us: int
+    update_time_us: int
+    messages: Sequence[Message]
+
+
 class Store(Protocol):
+    """Every method scopes by user: another user's rows are invisible, never an error
+    that would reveal them. Missing rows come back as None/False; the core turns that
+    into NOT_FOUND with the resource name."""
+
     async def close(self) -> None:
         """Finishes pending work and releases connections; idempotent."""
 
@@ -32,3 +55,98 @@ class Store(Protocol):
 
     async def get_user(self, user_id: str) -> User | None:
         """The user, or None."""
+
+    async def create_conversation(
+        self, user_id: str, conv: Conversation, *, request_id: str | None = None
+    ) -> tuple[Conversation, bool]: ...
+
+    async def get_conversation(
+        self,
+        user_id: str,
+        conversation_id: str,
+        *,
+        with_messages: bool = False,
+        message_limit: int = 10_000,
+    ) -> Conversation | None: ...
+
+    async def list_conversations(
+        self,
+        user_id: str,
+        conditions: Sequence[Condition],
+        *,
+        order_field: str,
+        descending: bool,
+        limit: int,
+        cursor: Sequence[int] | None,
+    ) -> list[Conversation]: ...
+
+    async def update_conversation(
+        self,
+        user_id: str,
+        conversation_id: str,
+        changes: Mapping[str, Any],
+        *,
+        expected_etag: str | None,
+    ) -> Conversation | None: ...
+
+    async def delete_conversation(
+        self, user_id: str, conversation_id: str, *, expected_etag: str | None, force: bool
+    ) -> bool: ...
+
+    async def append_messages(
+        self,
+        user_id: str,
+        conversation_id: str,
+        messages: Sequence[Message],
+        *,
+        request_id: str | None = None,
+    ) -> list[Message] | None: ...
+
+    async def get_message(
+        self, user_id: str, conversation_id: str, message_id: str
+    ) -> Message | None: ...
+
+    async def list_messages(
+        self,
+        user_id: str,
+        conversation_id: str,
+        *,
+        descending: bool,
+        limit: int,
+        after_seq: int | None,
+    ) -> list[Message] | None: ...
+
+    async def update_message(
+        self,
+        user_id: str,
+        conversation_id: str,
+        message_id: str,
+        changes: Mapping[str, Any],
+        *,
+        expected_etag: str | None,
+    ) -> Message | None: ...
+
+    async def delete_message(
+        self, user_id: str, conversation_id: str, message_id: str, *, expected_etag: str | None
+    ) -> bool: ...
+
+    async def search(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        conversation_id: str | None,
+        conditions: Sequence[Condition],
+        by_relevance: bool,
+        limit: int,
+        cursor: Sequence[Any] | None,
+        window: int,
+    ) -> tuple[list[SearchHit], list[Any] | None]: ...
+
+    def export_conversations(
+        self, user_id: str, conversation_ids: Sequence[str] | None
+    ) -> AsyncIterator[Conversation]: ...
+
+    async def import_conversation(
+        self, user_id: str, record: ImportRecord, *, space_id: str, new_id: str
+    ) -> tuple[str, bool]: ...

@@ -1,24 +1,130 @@
 """`Store` on SQLite (aiosqlite): WAL, foreign keys on, a busy timeout.
 
-One connection writes and one reads. WAL lets the reader see every committed
-write without waiting for the writer, and a single writer connection means write
-transactions never fight each other for the database lock inside one process.
+One connection writes and one reads. WAL lets the reader see every committed write
+without waiting for the writer, and one writer connection (behind an asyncio lock)
+means write transactions never fight over the database lock inside one process.
+Every statement is parameterized; the only SQL text built at run time joins fixed
+column names chosen from whitelists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
+from byok.server.conversations.model import (
+    Conversation,
+    Message,
+    MessageStatus,
+    Role,
+    SearchHit,
+    Usage,
+    etag_of,
+)
+from byok.server.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument
+from byok.server.filtering import Condition
 from byok.server.storage import migrations
-from byok.server.storage.base import User
+from byok.server.storage.base import ImportRecord, User
+
+CONV_COLS = (
+    "c.seq, c.id, c.title, c.metadata, c.space_id, c.pinned, c.archived, c.last_model,"
+    " c.message_count, c.prompt_tokens, c.completion_tokens, c.create_time, c.update_time,"
+    " c.revision"
+)
+MSG_COLS = (
+    "m.seq, m.id, c.id, m.role, m.content, m.status, m.incomplete_reason, m.model, m.route,"
+    " m.prompt_tokens, m.completion_tokens, m.latency_us, m.ttft_us, m.finish_reason,"
+    " m.metadata, m.create_time, m.update_time, m.revision"
+)
+# Filter fields → columns. Nothing outside these maps ever reaches SQL text.
+CONVERSATION_COLUMNS = {
+    "space": "c.space_id",
+    "pinned": "c.pinned",
+    "archived": "c.archived",
+    "last_model": "c.last_model",
+    "create_time": "c.create_time",
+    "update_time": "c.update_time",
+}
+SEARCH_COLUMNS = {"role": "m.role", "space": "c.space_id", "create_time": "m.create_time"}
+_OPS = {"=", "!=", "<", "<=", ">", ">="}
+# bm25 weights: a word in the message counts more than the same word in the title.
+_BM25 = "bm25(messages_fts, 1.0, 0.3)"
+_SNIPPET = "snippet(messages_fts, -1, '[', ']', '…', 16)"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _where(conditions: Sequence[Condition], columns: Mapping[str, str]) -> tuple[str, list[Any]]:
+    parts: list[str] = []
+    params: list[Any] = []
+    for cond in conditions:
+        if cond.field not in columns or cond.op not in _OPS:
+            raise InvalidArgument.field("filter", f"cannot filter on {cond.field} {cond.op}")
+        parts.append(f"{columns[cond.field]} {cond.op} ?")
+        params.append(int(cond.value) if isinstance(cond.value, bool) else cond.value)
+    return "".join(f" AND {p}" for p in parts), params
+
+
+def _conversation(row: Sequence[Any]) -> Conversation:
+    return Conversation(
+        seq=row[0],
+        id=row[1],
+        title=row[2],
+        metadata=json.loads(row[3]),
+        space_id=row[4],
+        pinned=bool(row[5]),
+        archived=bool(row[6]),
+        last_model=row[7],
+        message_count=row[8],
+        usage=Usage(row[9], row[10]),
+        create_time_us=row[11],
+        update_time_us=row[12],
+        revision=row[13],
+    )
+
+
+def _message(row: Sequence[Any]) -> Message:
+    return Message(
+        seq=row[0],
+        id=row[1],
+        conversation_id=row[2],
+        role=Role(row[3]),
+        content=row[4],
+        status=MessageStatus(row[5]),
+        incomplete_reason=row[6],
+        model=row[7],
+        route=row[8],
+        usage=Usage(row[9], row[10]),
+        latency_us=row[11],
+        ttft_us=row[12],
+        finish_reason=row[13],
+        metadata=json.loads(row[14]),
+        create_time_us=row[15],
+        update_time_us=row[16],
+        revision=row[17],
+    )
+
+
+def _check_etag(expected: str | None, resource_id: str, revision: int, name: str) -> None:
+    if expected and expected != etag_of(resource_id, revision):
+        raise Aborted(
+            f"{name} was changed by someone else (etag mismatch); get it again and retry",
+            metadata={"name": name},
+        )
 
 
 async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
-    conn.row_factory = aiosqlite.Row
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     await conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode survives a killed process; only an OS crash or power
@@ -57,16 +163,584 @@ class SqliteStore:
             await self._writer.close()
         await self._reader.close()
 
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; rolled back on any error, cancellation included."""
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await asyncio.shield(self._writer.execute("ROLLBACK"))
+                raise
+            await asyncio.shield(self._writer.execute("COMMIT"))
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        async with self._reader.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
     async def ping(self) -> None:
-        async with self._reader.execute("SELECT 1") as cur:
-            await cur.fetchone()
+        await self._one("SELECT 1")
 
     async def get_user(self, user_id: str) -> User | None:
-        async with self._reader.execute(
+        row = await self._one(
             "SELECT id, name, display_name, disabled, create_time FROM users WHERE id = ?",
             (user_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return None
         return User(row[0], row[1], row[2], bool(row[3]), row[4])
+
+    # -- conversations ----------------------------------------------------------------
+
+    async def create_conversation(
+        self, user_id: str, conv: Conversation, *, request_id: str | None = None
+    ) -> tuple[Conversation, bool]:
+        """Returns (conversation, created). A known request_id returns the first result."""
+        async with self._tx() as db:
+            if request_id:
+                async with db.execute(
+                    f"SELECT {CONV_COLS} FROM conversations c WHERE user_id = ? AND request_id = ?",
+                    (user_id, request_id),
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    return _conversation(row), False
+            now = now_us()
+            try:
+                cur = await db.execute(
+                    "INSERT INTO conversations (id, user_id, title, metadata, space_id, pinned,"
+                    " archived, create_time, update_time, request_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        conv.id,
+                        user_id,
+                        conv.title,
+                        json.dumps(conv.metadata),
+                        conv.space_id,
+                        int(conv.pinned),
+                        int(conv.archived),
+                        now,
+                        now,
+                        request_id,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(
+                    f"conversations/{conv.id} already exists",
+                    reason="CONVERSATION_EXISTS",
+                    metadata={"name": f"conversations/{conv.id}"},
+                ) from None
+            seq = cur.lastrowid
+        created = Conversation(
+            id=conv.id,
+            title=conv.title,
+            metadata=dict(conv.metadata),
+            space_id=conv.space_id,
+            pinned=conv.pinned,
+            archived=conv.archived,
+            create_time_us=now,
+            update_time_us=now,
+            seq=seq or 0,
+        )
+        return created, True
+
+    async def get_conversation(
+        self,
+        user_id: str,
+        conversation_id: str,
+        *,
+        with_messages: bool = False,
+        message_limit: int = 10_000,
+    ) -> Conversation | None:
+        row = await self._one(
+            f"SELECT {CONV_COLS} FROM conversations c WHERE c.id = ? AND c.user_id = ?",
+            (conversation_id, user_id),
+        )
+        if row is None:
+            return None
+        conv = _conversation(row)
+        if with_messages:
+            rows = await self._all(
+                f"SELECT {MSG_COLS} FROM messages m"
+                " JOIN conversations c ON c.seq = m.conversation_seq"
+                " WHERE m.conversation_seq = ? ORDER BY m.seq LIMIT ?",
+                (conv.seq, message_limit),
+            )
+            conv.messages = [_message(r) for r in rows]
+        return conv
+
+    async def list_conversations(
+        self,
+        user_id: str,
+        conditions: Sequence[Condition],
+        *,
+        order_field: str,
+        descending: bool,
+        limit: int,
+        cursor: Sequence[int] | None,
+    ) -> list[Conversation]:
+        """Keyset page ordered by (order_field, seq); cursor is the last (time, seq)."""
+        column = {"update_time": "c.update_time", "create_time": "c.create_time"}[order_field]
+        where, params = _where(conditions, CONVERSATION_COLUMNS)
+        direction, compare = ("DESC", "<") if descending else ("ASC", ">")
+        if cursor is not None:
+            where += f" AND ({column}, c.seq) {compare} (?, ?)"
+            params += [int(cursor[0]), int(cursor[1])]
+        rows = await self._all(
+            f"SELECT {CONV_COLS} FROM conversations c WHERE c.user_id = ?{where}"
+            f" ORDER BY {column} {direction}, c.seq {direction} LIMIT ?",
+            (user_id, *params, limit),
+        )
+        return [_conversation(r) for r in rows]
+
+    async def update_conversation(
+        self,
+        user_id: str,
+        conversation_id: str,
+        changes: Mapping[str, Any],
+        *,
+        expected_etag: str | None,
+    ) -> Conversation | None:
+        columns = {"title", "metadata", "pinned", "archived", "space_id"}
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT revision FROM conversations WHERE id = ? AND user_id = ?",
+                (conversation_id, user_id),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            _check_etag(expected_etag, conversation_id, row[0], f"conversations/{conversation_id}")
+            sets = ["update_time = ?", "revision = revision + 1"]
+            params: list[Any] = [now_us()]
+            for key, value in changes.items():
+                if key not in columns:
+                    raise ValueError(f"cannot update {key}")
+                sets.append(f"{key} = ?")
+                params.append(
+                    json.dumps(value)
+                    if key == "metadata"
+                    else int(value)
+                    if isinstance(value, bool)
+                    else value
+                )
+            await db.execute(
+                f"UPDATE conversations SET {', '.join(sets)} WHERE id = ? AND user_id = ?",
+                (*params, conversation_id, user_id),
+            )
+            async with db.execute(
+                f"SELECT {CONV_COLS} FROM conversations c WHERE c.id = ?", (conversation_id,)
+            ) as cur:
+                return _conversation(await cur.fetchone())  # type: ignore[arg-type]
+
+    async def delete_conversation(
+        self, user_id: str, conversation_id: str, *, expected_etag: str | None, force: bool
+    ) -> bool:
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT revision, pinned FROM conversations WHERE id = ? AND user_id = ?",
+                (conversation_id, user_id),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return False
+            name = f"conversations/{conversation_id}"
+            _check_etag(expected_etag, conversation_id, row[0], name)
+            if row[1] and not force:
+                raise FailedPrecondition(
+                    f"{name} is pinned; unpin it or delete with force",
+                    reason="CONVERSATION_PINNED",
+                    metadata={"name": name},
+                )
+            await db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+            return True
+
+    # -- messages ---------------------------------------------------------------------
+
+    async def append_messages(
+        self,
+        user_id: str,
+        conversation_id: str,
+        messages: Sequence[Message],
+        *,
+        request_id: str | None = None,
+    ) -> list[Message] | None:
+        """Appends in one transaction and updates the thread's counters; None if no thread.
+
+        With a request_id (single message), a retry returns the message first stored.
+        """
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT seq FROM conversations WHERE id = ? AND user_id = ?",
+                (conversation_id, user_id),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            conv_seq = row[0]
+            if request_id:
+                async with db.execute(
+                    f"SELECT {MSG_COLS} FROM messages m JOIN conversations c"
+                    " ON c.seq = m.conversation_seq"
+                    " WHERE m.conversation_seq = ? AND m.request_id = ?",
+                    (conv_seq, request_id),
+                ) as cur:
+                    existing = await cur.fetchone()
+                if existing is not None:
+                    return [_message(existing)]
+            now = now_us()
+            stored: list[Message] = []
+            last_model = None
+            prompt = completion = 0
+            for msg in messages:
+                created = msg.create_time_us or now
+                cur = await db.execute(
+                    "INSERT INTO messages (id, conversation_seq, role, content, status,"
+                    " incomplete_reason, model, route, prompt_tokens, completion_tokens,"
+                    " latency_us, ttft_us, finish_reason, metadata, create_time, update_time,"
+                    " request_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        msg.id,
+                        conv_seq,
+                        int(msg.role),
+                        msg.content,
+                        int(msg.status),
+                        msg.incomplete_reason,
+                        msg.model,
+                        msg.route,
+                        msg.usage.prompt_tokens,
+                        msg.usage.completion_tokens,
+                        msg.latency_us,
+                        msg.ttft_us,
+                        msg.finish_reason,
+                        json.dumps(msg.metadata),
+                        created,
+                        created,
+                        request_id,
+                    ),
+                )
+                prompt += msg.usage.prompt_tokens
+                completion += msg.usage.completion_tokens
+                if msg.role is Role.ASSISTANT and msg.model:
+                    last_model = msg.model
+                stored.append(
+                    Message(
+                        **{
+                            **msg.__dict__,
+                            "conversation_id": conversation_id,
+                            "create_time_us": created,
+                            "update_time_us": created,
+                            "revision": 1,
+                            "seq": cur.lastrowid or 0,
+                        }
+                    )
+                )
+            await db.execute(
+                "UPDATE conversations SET message_count = message_count + ?,"
+                " prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,"
+                " last_model = COALESCE(?, last_model), update_time = ?, revision = revision + 1"
+                " WHERE seq = ?",
+                (len(messages), prompt, completion, last_model, now, conv_seq),
+            )
+            return stored
+
+    async def get_message(
+        self, user_id: str, conversation_id: str, message_id: str
+    ) -> Message | None:
+        row = await self._one(
+            f"SELECT {MSG_COLS} FROM messages m JOIN conversations c ON c.seq = m.conversation_seq"
+            " WHERE m.id = ? AND c.id = ? AND c.user_id = ?",
+            (message_id, conversation_id, user_id),
+        )
+        return _message(row) if row else None
+
+    async def list_messages(
+        self,
+        user_id: str,
+        conversation_id: str,
+        *,
+        descending: bool,
+        limit: int,
+        after_seq: int | None,
+    ) -> list[Message] | None:
+        """A keyset page of a thread's messages; None if the thread does not exist."""
+        row = await self._one(
+            "SELECT seq FROM conversations WHERE id = ? AND user_id = ?", (conversation_id, user_id)
+        )
+        if row is None:
+            return None
+        direction, compare = ("DESC", "<") if descending else ("ASC", ">")
+        cursor = f" AND m.seq {compare} ?" if after_seq is not None else ""
+        params: list[Any] = [row[0]] + ([after_seq] if after_seq is not None else [])
+        rows = await self._all(
+            f"SELECT {MSG_COLS} FROM messages m JOIN conversations c ON c.seq = m.conversation_seq"
+            f" WHERE m.conversation_seq = ?{cursor} ORDER BY m.seq {direction} LIMIT ?",
+            (*params, limit),
+        )
+        return [_message(r) for r in rows]
+
+    async def update_message(
+        self,
+        user_id: str,
+        conversation_id: str,
+        message_id: str,
+        changes: Mapping[str, Any],
+        *,
+        expected_etag: str | None,
+    ) -> Message | None:
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT m.revision, m.conversation_seq FROM messages m JOIN conversations c"
+                " ON c.seq = m.conversation_seq WHERE m.id = ? AND c.id = ? AND c.user_id = ?",
+                (message_id, conversation_id, user_id),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            name = f"conversations/{conversation_id}/messages/{message_id}"
+            _check_etag(expected_etag, message_id, row[0], name)
+            now = now_us()
+            sets = ["update_time = ?", "revision = revision + 1"]
+            params: list[Any] = [now]
+            for key, value in changes.items():
+                if key not in ("content", "metadata"):
+                    raise ValueError(f"cannot update {key}")
+                sets.append(f"{key} = ?")
+                params.append(json.dumps(value) if key == "metadata" else value)
+            await db.execute(
+                f"UPDATE messages SET {', '.join(sets)} WHERE id = ?", (*params, message_id)
+            )
+            await db.execute(
+                "UPDATE conversations SET update_time = ?, revision = revision + 1 WHERE seq = ?",
+                (now, row[1]),
+            )
+            async with db.execute(
+                f"SELECT {MSG_COLS} FROM messages m JOIN conversations c"
+                " ON c.seq = m.conversation_seq WHERE m.id = ?",
+                (message_id,),
+            ) as cur:
+                return _message(await cur.fetchone())  # type: ignore[arg-type]
+
+    async def delete_message(
+        self, user_id: str, conversation_id: str, message_id: str, *, expected_etag: str | None
+    ) -> bool:
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT m.revision, m.conversation_seq, m.prompt_tokens, m.completion_tokens"
+                " FROM messages m JOIN conversations c ON c.seq = m.conversation_seq"
+                " WHERE m.id = ? AND c.id = ? AND c.user_id = ?",
+                (message_id, conversation_id, user_id),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return False
+            name = f"conversations/{conversation_id}/messages/{message_id}"
+            _check_etag(expected_etag, message_id, row[0], name)
+            await db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            await db.execute(
+                "UPDATE conversations SET message_count = message_count - 1,"
+                " prompt_tokens = prompt_tokens - ?, completion_tokens = completion_tokens - ?,"
+                " update_time = ?, revision = revision + 1 WHERE seq = ?",
+                (row[2], row[3], now_us(), row[1]),
+            )
+            return True
+
+    # -- search -----------------------------------------------------------------------
+
+    async def search(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        conversation_id: str | None,
+        conditions: Sequence[Condition],
+        by_relevance: bool,
+        limit: int,
+        cursor: Sequence[Any] | None,
+        window: int,
+    ) -> tuple[list[SearchHit], list[Any] | None]:
+        """One page of hits and the cursor for the next page (None on the last page).
+
+        By time: newest stored first, every match. By relevance: bm25 over the newest
+        `window` matches stored before the first page was asked for (a snapshot, so
+        later inserts do not shift the pages).
+        """
+        where, params = _where(conditions, SEARCH_COLUMNS)
+        if conversation_id is not None:
+            where += " AND c.id = ?"
+            params.append(conversation_id)
+        base = (
+            "FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid"
+            " JOIN conversations c ON c.seq = m.conversation_seq"
+            f" WHERE messages_fts MATCH ? AND c.user_id = ?{where}"
+        )
+        try:
+            if by_relevance:
+                return await self._search_relevance(
+                    base, [query, user_id, *params], limit, cursor, window
+                )
+            after = f" AND messages_fts.rowid < {int(cursor[0])}" if cursor else ""
+            rows = await self._all(
+                f"SELECT {MSG_COLS}, c.title, {_SNIPPET} {base}{after}"
+                " ORDER BY messages_fts.rowid DESC LIMIT ?",
+                (query, user_id, *params, limit + 1),
+            )
+        except sqlite3.OperationalError as exc:
+            raise _query_error(exc) from None
+        hits = [SearchHit(_message(r), r[18], r[19], 0.0) for r in rows[:limit]]
+        next_cursor = [hits[-1].message.seq] if len(rows) > limit else None
+        return hits, next_cursor
+
+    async def _search_relevance(
+        self, base: str, params: list[Any], limit: int, cursor: Sequence[Any] | None, window: int
+    ) -> tuple[list[SearchHit], list[Any] | None]:
+        if cursor:
+            snapshot, after_score, after_seq = int(cursor[0]), float(cursor[1]), int(cursor[2])
+        else:
+            row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM messages")
+            snapshot, after_score, after_seq = int(row[0]), None, None
+        keyset = ""
+        key_params: list[Any] = []
+        if after_score is not None:
+            keyset = " WHERE (score > ? OR (score = ? AND seq < ?))"
+            key_params = [after_score, after_score, after_seq]
+        ranked = await self._all(
+            f"SELECT seq, score FROM (SELECT messages_fts.rowid AS seq, {_BM25} AS score {base}"
+            " AND messages_fts.rowid <= ? ORDER BY messages_fts.rowid DESC LIMIT ?)"
+            f"{keyset} ORDER BY score ASC, seq DESC LIMIT ?",
+            (*params, snapshot, window, *key_params, limit + 1),
+        )
+        page = ranked[:limit]
+        if not page:
+            return [], None
+        seqs = [r[0] for r in page]
+        marks = ",".join("?" * len(seqs))
+        rows = await self._all(
+            f"SELECT {MSG_COLS}, c.title, {_SNIPPET} {base} AND messages_fts.rowid IN ({marks})",
+            (*params, *seqs),
+        )
+        by_seq = {r[0]: r for r in rows}
+        hits = [
+            SearchHit(_message(by_seq[s]), by_seq[s][18], by_seq[s][19], -score)
+            for s, score in page
+            if s in by_seq
+        ]
+        last = page[-1]
+        return hits, ([snapshot, last[1], last[0]] if len(ranked) > limit else None)
+
+    # -- export / import --------------------------------------------------------------
+
+    async def export_conversations(
+        self, user_id: str, conversation_ids: Sequence[str] | None
+    ) -> AsyncIterator[Conversation]:
+        """Every (or the named) conversation with its messages, one at a time."""
+        if conversation_ids is None:
+            rows = await self._all(
+                "SELECT id FROM conversations WHERE user_id = ? ORDER BY seq", (user_id,)
+            )
+            conversation_ids = [r[0] for r in rows]
+        for conversation_id in conversation_ids:
+            conv = await self.get_conversation(
+                user_id, conversation_id, with_messages=True, message_limit=-1
+            )
+            if conv is not None:
+                yield conv
+
+    async def import_conversation(
+        self, user_id: str, record: ImportRecord, *, space_id: str, new_id: str
+    ) -> tuple[str, bool]:
+        """Stores one imported thread in one transaction. Returns (id, created);
+        a thread whose source_key (or preferred id) the user already has is skipped."""
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT id FROM conversations WHERE user_id = ? AND (source_key = ? OR id = ?)",
+                (user_id, record.source_key, record.preferred_id or ""),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                return str(row[0]), False
+            conversation_id = new_id
+            if record.preferred_id:
+                async with db.execute(
+                    "SELECT 1 FROM conversations WHERE id = ?", (record.preferred_id,)
+                ) as cur:
+                    if await cur.fetchone() is None:
+                        conversation_id = record.preferred_id
+            now = now_us()
+            prompt = sum(m.usage.prompt_tokens for m in record.messages)
+            completion = sum(m.usage.completion_tokens for m in record.messages)
+            last_model = next(
+                (
+                    m.model
+                    for m in reversed(record.messages)
+                    if m.role is Role.ASSISTANT and m.model
+                ),
+                "",
+            )
+            cur = await db.execute(
+                "INSERT INTO conversations (id, user_id, title, metadata, space_id, pinned,"
+                " archived, last_model, message_count, prompt_tokens, completion_tokens,"
+                " create_time,"
+                " update_time, source_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    user_id,
+                    record.title,
+                    json.dumps(record.metadata),
+                    space_id,
+                    int(record.pinned),
+                    int(record.archived),
+                    last_model,
+                    len(record.messages),
+                    prompt,
+                    completion,
+                    record.create_time_us or now,
+                    record.update_time_us or now,
+                    record.source_key,
+                ),
+            )
+            conv_seq = cur.lastrowid
+            await db.executemany(
+                "INSERT INTO messages (id, conversation_seq, role, content, status,"
+                " incomplete_reason, model, route, prompt_tokens, completion_tokens, latency_us,"
+                " ttft_us, finish_reason, metadata, create_time, update_time)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        m.id,
+                        conv_seq,
+                        int(m.role),
+                        m.content,
+                        int(m.status),
+                        m.incomplete_reason,
+                        m.model,
+                        m.route,
+                        m.usage.prompt_tokens,
+                        m.usage.completion_tokens,
+                        m.latency_us,
+                        m.ttft_us,
+                        m.finish_reason,
+                        json.dumps(m.metadata),
+                        m.create_time_us or now,
+                        m.create_time_us or now,
+                    )
+                    for m in record.messages
+                ],
+            )
+            return conversation_id, True
+
+
+def _query_error(exc: sqlite3.OperationalError) -> InvalidArgument:
+    text = str(exc)
+    if "fts5" in text or "no such column" in text or "unterminated" in text:
+        detail = text.removeprefix("fts5: ")
+        return InvalidArgument.field(
+            "query", f"is not a valid search query ({detail}); see docs/search.md"
+        )
+    raise exc

@@ -1,0 +1,9 @@
+DROP TRIGGER conversations_delete_messages;
+DROP TRIGGER conversations_title_fts;
+DROP TRIGGER messages_fts_update;
+DROP TRIGGER messages_fts_delete;
+DROP TRIGGER messages_fts_insert;
+DROP TABLE messages_fts;
+DROP VIEW messages_search_docs;
+DROP TABLE messages;
+DROP TABLE conversations;
