@@ -6,6 +6,7 @@ call it directly.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -423,7 +424,8 @@ class Conversations:
         space: str = "",
     ) -> ImportResult:
         space_id = space_id_of(space)
-        records = exchange.parse_import(data, fmt)  # raises before anything is written
+        # Validates the whole file (CPU-bound, so off the event loop) before writing anything.
+        records = await asyncio.to_thread(exchange.parse_import, data, fmt)
         result = ImportResult()
         for rec in records:
             messages = [
@@ -461,7 +463,7 @@ class Conversations:
                     user_id, record, space_id=space_id, new_id=new_id()
                 )
             except Exception as exc:  # one bad thread must not stop the others
-                result.failures.append((rec.index, rec.source_key, str(exc)))
+                result.failures.append((rec.index, rec.source_id, str(exc)))
                 continue
             if created:
                 result.created.append(f"conversations/{conv_id}")
