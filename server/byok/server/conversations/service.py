@@ -30,6 +30,7 @@ SEARCH_WINDOW = 2_000
 SEARCH_DEFAULT_PAGE = 20
 SEARCH_MAX_PAGE = 100
 MAX_QUERY = 1000
+RANKING_CACHE = 256
 
 ROLE_NAMES = {f"ROLE_{r.name}": int(r) for r in Role}
 
@@ -111,6 +112,8 @@ class Conversations:
 
     def __init__(self, store: Store):
         self.store = store
+        # Ranked relevance windows by query and snapshot, oldest evicted first.
+        self._rankings: dict[tuple[str, ...] | tuple[Any, ...], list[tuple[int, float]]] = {}
 
     # -- names --------------------------------------------------------------------
 
@@ -384,17 +387,42 @@ class Conversations:
         cursor = paging.decode_token(page_token, key)
         if conv_id != "-" and await self.store.get_conversation(user_id, conv_id) is None:
             raise NotFound.resource(parent)
-        hits, next_cursor = await self.store.search(
-            user_id,
-            query,
-            conversation_id=None if conv_id == "-" else conv_id,
-            conditions=conditions,
-            by_relevance=not by_time,
-            limit=size,
-            cursor=cursor,
-            window=SEARCH_WINDOW,
-        )
-        return hits, paging.encode_token(next_cursor, key) if next_cursor else ""
+        scope = None if conv_id == "-" else conv_id
+        if by_time:
+            hits = await self.store.search_newest(
+                user_id,
+                query,
+                conversation_id=scope,
+                conditions=conditions,
+                limit=size + 1,
+                before_seq=int(cursor[0]) if cursor else None,
+            )
+            token = (
+                paging.encode_token([hits[size - 1].message.seq], key) if len(hits) > size else ""
+            )
+            return hits[:size], token
+        # Relevance: rank the bounded window once and page through that ranking, so
+        # inserts (which shift bm25's global statistics) cannot reorder later pages.
+        snapshot, offset = (int(cursor[0]), int(cursor[1])) if cursor else (0, 0)
+        if not snapshot:
+            snapshot = await self.store.search_snapshot()
+        cache_key = (user_id, parent, query, filter, snapshot)
+        ranked = self._rankings.get(cache_key)
+        if ranked is None:
+            ranked = await self.store.search_rank(
+                user_id,
+                query,
+                conversation_id=scope,
+                conditions=conditions,
+                snapshot=snapshot,
+                window=SEARCH_WINDOW,
+            )
+            self._rankings[cache_key] = ranked
+            while len(self._rankings) > RANKING_CACHE:
+                self._rankings.pop(next(iter(self._rankings)))
+        hits = await self.store.search_hits(user_id, query, ranked[offset : offset + size])
+        more = offset + size < len(ranked)
+        return hits, paging.encode_token([snapshot, offset + size], key) if more else ""
 
     # -- export / import ----------------------------------------------------------
 

@@ -130,18 +130,33 @@ class Store(Protocol):
         self, user_id: str, conversation_id: str, message_id: str, *, expected_etag: str | None
     ) -> bool: ...
 
-    async def search(
+    async def search_newest(
         self,
         user_id: str,
         query: str,
         *,
         conversation_id: str | None,
         conditions: Sequence[Condition],
-        by_relevance: bool,
         limit: int,
-        cursor: Sequence[Any] | None,
+        before_seq: int | None,
+    ) -> list[SearchHit]: ...
+
+    async def search_snapshot(self) -> int: ...
+
+    async def search_rank(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        conversation_id: str | None,
+        conditions: Sequence[Condition],
+        snapshot: int,
         window: int,
-    ) -> tuple[list[SearchHit], list[Any] | None]: ...
+    ) -> list[tuple[int, float]]: ...
+
+    async def search_hits(
+        self, user_id: str, query: str, ranked: Sequence[tuple[int, float]]
+    ) -> list[SearchHit]: ...
 
     def export_conversations(
         self, user_id: str, conversation_ids: Sequence[str] | None

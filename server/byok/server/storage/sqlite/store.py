@@ -553,24 +553,9 @@ class SqliteStore:
 
     # -- search -----------------------------------------------------------------------
 
-    async def search(
-        self,
-        user_id: str,
-        query: str,
-        *,
-        conversation_id: str | None,
-        conditions: Sequence[Condition],
-        by_relevance: bool,
-        limit: int,
-        cursor: Sequence[Any] | None,
-        window: int,
-    ) -> tuple[list[SearchHit], list[Any] | None]:
-        """One page of hits and the cursor for the next page (None on the last page).
-
-        By time: newest stored first, every match. By relevance: bm25 over the newest
-        `window` matches stored before the first page was asked for (a snapshot, so
-        later inserts do not shift the pages).
-        """
+    def _search_base(
+        self, user_id: str, conversation_id: str | None, conditions: Sequence[Condition]
+    ) -> tuple[str, list[Any]]:
         where, params = _where(conditions, SEARCH_COLUMNS)
         if conversation_id is not None:
             where += " AND c.id = ?"
@@ -580,59 +565,81 @@ class SqliteStore:
             " JOIN conversations c ON c.seq = m.conversation_seq"
             f" WHERE messages_fts MATCH ? AND c.user_id = ?{where}"
         )
+        return base, [user_id, *params]
+
+    async def search_newest(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        conversation_id: str | None,
+        conditions: Sequence[Condition],
+        limit: int,
+        before_seq: int | None,
+    ) -> list[SearchHit]:
+        """Every match, newest stored first (FTS5 walks its rowids backwards and stops)."""
+        base, params = self._search_base(user_id, conversation_id, conditions)
+        after = " AND messages_fts.rowid < ?" if before_seq is not None else ""
+        extra = [before_seq] if before_seq is not None else []
         try:
-            if by_relevance:
-                return await self._search_relevance(
-                    base, [query, user_id, *params], limit, cursor, window
-                )
-            after = f" AND messages_fts.rowid < {int(cursor[0])}" if cursor else ""
             rows = await self._all(
                 f"SELECT {MSG_COLS}, c.title, {_SNIPPET} {base}{after}"
                 " ORDER BY messages_fts.rowid DESC LIMIT ?",
-                (query, user_id, *params, limit + 1),
+                (query, *params, *extra, limit),
             )
         except sqlite3.OperationalError as exc:
             raise _query_error(exc) from None
-        hits = [SearchHit(_message(r), r[18], r[19], 0.0) for r in rows[:limit]]
-        next_cursor = [hits[-1].message.seq] if len(rows) > limit else None
-        return hits, next_cursor
+        return [SearchHit(_message(r), r[18], r[19], 0.0) for r in rows]
 
-    async def _search_relevance(
-        self, base: str, params: list[Any], limit: int, cursor: Sequence[Any] | None, window: int
-    ) -> tuple[list[SearchHit], list[Any] | None]:
-        if cursor:
-            snapshot, after_score, after_seq = int(cursor[0]), float(cursor[1]), int(cursor[2])
-        else:
-            row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM messages")
-            snapshot, after_score, after_seq = int(row[0]), None, None
-        keyset = ""
-        key_params: list[Any] = []
-        if after_score is not None:
-            keyset = " WHERE (score > ? OR (score = ? AND seq < ?))"
-            key_params = [after_score, after_score, after_seq]
-        ranked = await self._all(
-            f"SELECT seq, score FROM (SELECT messages_fts.rowid AS seq, {_BM25} AS score {base}"
-            " AND messages_fts.rowid <= ? ORDER BY messages_fts.rowid DESC LIMIT ?)"
-            f"{keyset} ORDER BY score ASC, seq DESC LIMIT ?",
-            (*params, snapshot, window, *key_params, limit + 1),
-        )
-        page = ranked[:limit]
-        if not page:
-            return [], None
-        seqs = [r[0] for r in page]
-        marks = ",".join("?" * len(seqs))
+    async def search_snapshot(self) -> int:
+        """The newest message seq: matches after it are not part of a ranked result."""
+        row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM messages")
+        return int(row[0])
+
+    async def search_rank(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        conversation_id: str | None,
+        conditions: Sequence[Condition],
+        snapshot: int,
+        window: int,
+    ) -> list[tuple[int, float]]:
+        """(seq, score) of the newest `window` matches up to `snapshot`, best first.
+
+        Ranking only a bounded window keeps a very common word as cheap as a rare one.
+        """
+        base, params = self._search_base(user_id, conversation_id, conditions)
+        try:
+            rows = await self._all(
+                f"SELECT seq, score FROM (SELECT messages_fts.rowid AS seq, {_BM25} AS score"
+                f" {base} AND messages_fts.rowid <= ? ORDER BY messages_fts.rowid DESC LIMIT ?)"
+                " ORDER BY score ASC, seq DESC",
+                (query, *params, snapshot, window),
+            )
+        except sqlite3.OperationalError as exc:
+            raise _query_error(exc) from None
+        return [(int(r[0]), -float(r[1])) for r in rows]
+
+    async def search_hits(
+        self, user_id: str, query: str, ranked: Sequence[tuple[int, float]]
+    ) -> list[SearchHit]:
+        """The messages (with snippets) of already ranked seqs, in the given order."""
+        if not ranked:
+            return []
+        marks = ",".join("?" * len(ranked))
+        base, params = self._search_base(user_id, None, ())
         rows = await self._all(
             f"SELECT {MSG_COLS}, c.title, {_SNIPPET} {base} AND messages_fts.rowid IN ({marks})",
-            (*params, *seqs),
+            (query, *params, *[seq for seq, _ in ranked]),
         )
         by_seq = {r[0]: r for r in rows}
-        hits = [
-            SearchHit(_message(by_seq[s]), by_seq[s][18], by_seq[s][19], -score)
-            for s, score in page
-            if s in by_seq
+        return [
+            SearchHit(_message(by_seq[seq]), by_seq[seq][18], by_seq[seq][19], score)
+            for seq, score in ranked
+            if seq in by_seq
         ]
-        last = page[-1]
-        return hits, ([snapshot, last[1], last[0]] if len(ranked) > limit else None)
 
     # -- export / import --------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Chat: one turn of a conversation, from route to stored answer."""

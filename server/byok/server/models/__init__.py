@@ -1,0 +1,1 @@
+"""Models: the configured routes (route key -> provider and model) and the allowlist."""

@@ -1,0 +1,359 @@
+"""Any OpenAI-compatible chat completions endpoint, on the official `openai` SDK.
+
+The SDK builds the request, authenticates, retries with backoff (only before the
+response starts, i.e. before the first token) and maps HTTP statuses to its errors.
+The event stream itself is read here, straight from the HTTP response with a lean SSE
+parser, so each chunk's text is handed on the moment its bytes arrive.
+
+All per-key SDK clients of one provider share one `httpx.AsyncClient` (one connection
+pool, one set of timeouts); the SDK accepts an `httpx` client as well as its own
+`httpx2` one, so errors raised while reading the body are `httpx` errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NoReturn, cast
+
+import httpx
+import openai
+
+from byok.server.errors import (
+    ByokError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from byok.server.providers.base import (
+    ChatMessage,
+    SamplingParams,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Timeouts,
+)
+
+# Per-key SDK clients kept; they only wrap the shared HTTP client, so dropping one is free.
+MAX_CACHED_CLIENTS = 256
+MAX_UPSTREAM_MESSAGE = 500
+MAX_SHOWN_LINE = 200
+DEFAULT_RETRY_AFTER = 1.0
+
+_KEYLIKE = re.compile(r"sk-[A-Za-z0-9_-]{8,}")
+_BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',]+")
+# Sent with every request: never let OPENAI_ORG_ID / OPENAI_PROJECT_ID from the process
+# environment reach an upstream (the SDK reads them when not given).
+_NO_ORG_HEADERS: dict[str, str | openai.Omit] = {
+    "OpenAI-Organization": openai.omit,
+    "OpenAI-Project": openai.omit,
+}
+# A provider without a key sends no Authorization header at all.
+_NO_AUTH_HEADERS: dict[str, str | openai.Omit] = {**_NO_ORG_HEADERS, "Authorization": openai.omit}
+_UNUSED_KEY = "byok-no-key"  # only to satisfy the SDK; never sent (see _NO_AUTH_HEADERS)
+
+
+def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
+    """Removes known secrets and anything that looks like an API key or bearer token."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "…")
+    text = _KEYLIKE.sub("sk-…", text)
+    return _BEARER.sub("Bearer …", text)
+
+
+class OpenAICompatProvider:
+    """Streams chat completions from an OpenAI-compatible HTTP API."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str | None,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url
+        self._api_key = api_key or None
+        self._timeouts = timeouts or Timeouts()
+        t = self._timeouts
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.connect),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            follow_redirects=True,
+        )
+        self._sdk_timeout = openai.Timeout(
+            connect=t.connect, read=t.read, write=t.write, pool=t.connect
+        )
+        self._clients: OrderedDict[str, openai.AsyncOpenAI] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatProvider(name={self.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._timeouts
+
+    def _client(self, key: str | None) -> openai.AsyncOpenAI:
+        cache_key = key or ""
+        client = self._clients.get(cache_key)
+        if client is not None:
+            self._clients.move_to_end(cache_key)
+            return client
+        client = openai.AsyncOpenAI(
+            api_key=key or _UNUSED_KEY,
+            base_url=self.base_url,
+            timeout=self._sdk_timeout,
+            max_retries=self._timeouts.max_retries,
+            # The SDK takes an httpx client too; its annotation names only httpx2's.
+            http_client=cast(Any, self._http),
+        )
+        self._clients[cache_key] = client
+        if len(self._clients) > MAX_CACHED_CLIENTS:
+            self._clients.popitem(last=False)
+        return client
+
+    async def aclose(self) -> None:
+        self._clients.clear()
+        await self._http.aclose()
+
+    async def stream(
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        *,
+        api_key: str | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        key = api_key or self._api_key
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "extra_headers": _NO_ORG_HEADERS if key else _NO_AUTH_HEADERS,
+        }
+        if params.temperature is not None:
+            request["temperature"] = params.temperature
+        if params.top_p is not None:
+            request["top_p"] = params.top_p
+        if params.max_tokens is not None:
+            request["max_tokens"] = params.max_tokens
+        if params.stop:
+            request["stop"] = list(params.stop)
+
+        client = self._client(key)
+        deadline = asyncio.get_running_loop().time() + self._timeouts.total
+        secrets = (key,)
+        deltas = 0
+        finish_reason: str | None = None
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        done = False
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                # The timeout never spans a `yield`: each await gets its own scope.
+                async with asyncio.timeout_at(deadline):
+                    response = await stack.enter_async_context(
+                        client.chat.completions.with_streaming_response.create(**request)
+                    )
+                body = response.http_response.aiter_bytes()
+                close_body = getattr(body, "aclose", None)
+                if close_body is not None:
+                    stack.push_async_callback(close_body)
+                buffer = b""
+                data: list[bytes] = []
+                eof = False
+                while not done and not eof:
+                    async with asyncio.timeout_at(deadline):
+                        try:
+                            buffer += await anext(body)
+                        except StopAsyncIteration:
+                            eof = True
+                            buffer += b"\n\n"  # dispatch an event left without its blank line
+                    *lines, buffer = buffer.split(b"\n")
+                    for raw in lines:
+                        line = raw[:-1] if raw.endswith(b"\r") else raw
+                        if line.startswith(b"data:"):
+                            value = line[5:]
+                            data.append(value[1:] if value.startswith(b" ") else value)
+                            continue
+                        if line or not data:
+                            continue  # a comment or another field; or a blank line alone
+                        payload = b"\n".join(data)
+                        data.clear()
+                        if payload.strip() == b"[DONE]":
+                            done = True
+                            break
+                        chunk = self._decode(payload, secrets)
+                        choices = chunk.get("choices")
+                        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+                            choice = choices[0]
+                            delta = choice.get("delta")
+                            if isinstance(delta, dict):
+                                text = delta.get("content")
+                                if text and isinstance(text, str):
+                                    deltas += 1
+                                    yield TextDelta(text)
+                            reason = choice.get("finish_reason")
+                            if reason and isinstance(reason, str):
+                                finish_reason = reason
+                        usage = chunk.get("usage")
+                        if isinstance(usage, dict):
+                            prompt_tokens = _int_or(usage.get("prompt_tokens"), prompt_tokens)
+                            completion_tokens = _int_or(
+                                usage.get("completion_tokens"), completion_tokens
+                            )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"provider '{self.name}' did not finish within {self._timeouts.total:g}s "
+                "(TOTAL_TIMEOUT_SECONDS)",
+                reason="UPSTREAM_TIMEOUT",
+                metadata={"provider": self.name},
+            ) from None
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, model, secrets) from None
+        except openai.APITimeoutError:
+            self._timed_out(before_response=True)
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__
+            detail = f": {type(cause).__name__}" if cause else ""
+            raise Unavailable(
+                f"provider '{self.name}' could not be reached{detail}",
+                reason="UPSTREAM_UNAVAILABLE",
+                metadata={"provider": self.name},
+                retry_after=DEFAULT_RETRY_AFTER,
+            ) from None
+        except httpx.TimeoutException:
+            if finish_reason is None:
+                self._timed_out(before_response=False)
+        except httpx.TransportError as exc:
+            if finish_reason is None:  # a finished answer survives a lost [DONE]
+                raise Unavailable(
+                    f"provider '{self.name}' broke off the stream after {deltas} text chunks "
+                    f"({type(exc).__name__})",
+                    reason="UPSTREAM_UNAVAILABLE",
+                    metadata={"provider": self.name, "deltas": str(deltas)},
+                    retry_after=DEFAULT_RETRY_AFTER,
+                ) from None
+        if not done and finish_reason is None:
+            raise Unavailable(
+                f"provider '{self.name}' ended the stream after {deltas} text chunks "
+                "without a finish reason or [DONE]",
+                reason="UPSTREAM_DISCONNECTED",
+                metadata={"provider": self.name, "deltas": str(deltas)},
+                retry_after=DEFAULT_RETRY_AFTER,
+            )
+        yield StreamEnd(finish_reason or "stop", prompt_tokens, completion_tokens)
+
+    def _decode(self, payload: bytes, secrets: Sequence[str | None]) -> dict[str, Any]:
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            shown = redact(payload.decode("utf-8", "replace"), secrets)[:MAX_SHOWN_LINE]
+            raise Unavailable(
+                f"provider '{self.name}' sent a malformed stream line: {shown!r}",
+                reason="UPSTREAM_MALFORMED",
+                metadata={"provider": self.name},
+            )
+        error = chunk.get("error")
+        if error:
+            message = error.get("message") if isinstance(error, dict) else error
+            text = redact(str(message or error), secrets)[:MAX_UPSTREAM_MESSAGE]
+            raise Unavailable(
+                f"provider '{self.name}' reported an error mid-stream: {text}",
+                reason="UPSTREAM_ERROR",
+                metadata={"provider": self.name},
+            )
+        return chunk
+
+    def _timed_out(self, *, before_response: bool) -> NoReturn:
+        where = "to answer" if before_response else "to send more of the stream"
+        raise DeadlineExceeded(
+            f"provider '{self.name}' took longer than {self._timeouts.read:g}s {where} "
+            "(READ_TIMEOUT_SECONDS)",
+            reason="UPSTREAM_TIMEOUT",
+            metadata={"provider": self.name},
+        ) from None
+
+    def _status_error(
+        self, exc: openai.APIStatusError, model: str, secrets: Sequence[str | None]
+    ) -> ByokError:
+        status = exc.status_code
+        metadata = {"provider": self.name, "http_status": str(status)}
+        upstream = _upstream_message(exc.body)
+        said = f": {redact(upstream, secrets)[:MAX_UPSTREAM_MESSAGE]}" if upstream else ""
+        who = f"provider '{self.name}'"
+        if status in (401, 403):
+            return FailedPrecondition(
+                f"{who} rejected the API key (HTTP {status}); set a valid key for it{said}",
+                reason="PROVIDER_AUTH_FAILED",
+                metadata=metadata,
+            )
+        if status == 429:
+            return ResourceExhausted(
+                f"{who} is rate limiting requests (HTTP 429){said}",
+                reason="UPSTREAM_RATE_LIMITED",
+                metadata=metadata,
+                retry_after=_retry_after(exc.response.headers),
+            )
+        if status == 404:
+            return InvalidArgument(
+                f"{who} does not know model '{model}' (HTTP 404){said}",
+                reason="UPSTREAM_REJECTED",
+                metadata={**metadata, "model": model},
+            )
+        if status == 408:
+            return DeadlineExceeded(
+                f"{who} timed out the request (HTTP 408){said}",
+                reason="UPSTREAM_TIMEOUT",
+                metadata=metadata,
+            )
+        if status >= 500:
+            return Unavailable(
+                f"{who} is unavailable (HTTP {status}){said}",
+                reason="UPSTREAM_UNAVAILABLE",
+                metadata=metadata,
+                retry_after=DEFAULT_RETRY_AFTER,
+            )
+        return InvalidArgument(
+            f"{who} rejected the request (HTTP {status}){said}",
+            reason="UPSTREAM_REJECTED",
+            metadata={**metadata, "model": model},
+        )
+
+
+def _int_or(value: object, default: int | None) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _upstream_message(body: object) -> str:
+    """The SDK keeps the JSON `error` object (or the raw text) as the error's body."""
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str):
+            return message
+        return json.dumps(body)[:MAX_UPSTREAM_MESSAGE]
+    return str(body).strip() if body else ""
+
+
+def _retry_after(headers: Any) -> float:
+    for header, scale in (("retry-after", 1.0), ("retry-after-ms", 0.001)):
+        value = headers.get(header)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if 0 <= seconds < float("inf"):
+            return seconds
+    return DEFAULT_RETRY_AFTER
