@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -13,7 +14,8 @@ from byok.v1 import conversations_pb2 as pb
 from byok.v1 import conversations_pb2_grpc
 from tests.support.rpc import rpc_error
 
-Stub = conversations_pb2_grpc.ConversationServiceAsyncStub
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    Stub = conversations_pb2_grpc.ConversationServiceAsyncStub
 CODE = grpc.StatusCode
 
 
