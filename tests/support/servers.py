@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from byok.server.app import App
-from byok.server.config import load_settings
+from byok.server.config import load_routing, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -31,12 +31,18 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def running_app(data_dir: Path, **overrides: Any) -> AsyncIterator[RunningServer]:
-    """Starts the real App on ephemeral loopback ports with its own data folder."""
+async def running_app(
+    data_dir: Path, *, routes: dict[str, str] | None = None, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    """Starts the real App on ephemeral loopback ports with its own data folder.
+
+    `routes` is the routing environment (MODEL_ROUTE_*, OPENAI_*, ...); the machine's
+    own environment is never used, so a developer's real keys cannot leak into tests.
+    """
     settings = load_settings(
         grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0", data_dir=data_dir, **overrides
     )
-    app = App(settings)
+    app = App(settings, load_routing(routes or {}))
     await app.start()
     try:
         yield RunningServer(app, f"127.0.0.1:{app.grpc_port}", f"http://127.0.0.1:{app.http_port}")
@@ -70,7 +76,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BYOK_", "MODEL_ROUTE_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("BYOK_", "MODEL_ROUTE_", "PROVIDER_", "OPENAI_"))
+        }
         env.update(
             BYOK_GRPC_ADDR=self.grpc_target,
             BYOK_HTTP_ADDR=f"127.0.0.1:{self.http_port}",

@@ -11,10 +11,14 @@ import contextlib
 import logging
 import signal
 
-from byok.server.config import Settings
+from byok.server.chat.engine import ChatEngine
+from byok.server.config import Settings, load_routing
 from byok.server.conversations.service import Conversations
 from byok.server.gateway.app import build_http_app
 from byok.server.gateway.server import EmbeddedServer, bind, build_server
+from byok.server.models.routing import RouteTable, RoutingConfig
+from byok.server.providers.base import Provider
+from byok.server.providers.registry import build_providers, close_all
 from byok.server.rpc.server import GrpcServer, build_grpc_server
 from byok.server.services import service_bindings
 from byok.server.storage.sqlite import SqliteStore
@@ -25,8 +29,10 @@ log = logging.getLogger("byok.server")
 class App:
     """One byok server process: gRPC and HTTP on one event loop, one store."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, routing: RoutingConfig | None = None):
         self.settings = settings
+        self.routing = routing if routing is not None else load_routing()
+        self.providers: dict[str, Provider] = {}
         self.store: SqliteStore | None = None
         self.grpc: GrpcServer | None = None
         self.http: EmbeddedServer | None = None
@@ -46,7 +52,16 @@ class App:
         )
         try:
             conversations = Conversations(self.store)
-            self.grpc = build_grpc_server(service_bindings(conversations), str(s.grpc_addr))
+            self.providers = build_providers(self.routing, self._local_factory)
+            chat = ChatEngine(
+                conversations,
+                RouteTable(self.routing),
+                self.providers,
+                {name: p.api_key for name, p in self.routing.providers.items()},
+                history_token_budget=s.context_token_budget,
+                context_limits={"local": s.local_model_context},
+            )
+            self.grpc = build_grpc_server(service_bindings(conversations, chat), str(s.grpc_addr))
             sock = bind(s.http_addr)
         except OSError:
             await self.store.close()
@@ -68,6 +83,16 @@ class App:
             s.http_addr.host,
             self.http_port,
             s.data_dir,
+        )
+
+    def _local_factory(self) -> Provider:
+        from byok.server.providers.local import LocalProvider  # heavy: only when used
+
+        s = self.settings
+        return LocalProvider(
+            model_path=s.local_model_path,
+            threads=s.local_model_threads,
+            context=s.local_model_context,
         )
 
     async def _readiness(self) -> str | None:
@@ -97,6 +122,7 @@ class App:
             self.http.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await self._http_task
+        await close_all(self.providers)
         if self.store:
             await self.store.close()
         log.info("byok stopped")

@@ -8,14 +8,19 @@ start with one line that names the variable (`SettingsError`), never a traceback
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
+from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
+
+from byok.server.models.routing import RoutingConfig, parse_routing
 
 
 class SettingsError(Exception):
@@ -92,6 +97,18 @@ class Settings(BaseSettings):
         default=5000, ge=0, le=600_000, validation_alias=AliasChoices("BYOK_SQLITE_BUSY_TIMEOUT_MS")
     )
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("BYOK_LOG_LEVEL"))
+    context_token_budget: int = Field(
+        default=6000, ge=256, le=2_000_000, validation_alias=AliasChoices("CONTEXT_TOKEN_BUDGET")
+    )
+    local_model_threads: int = Field(
+        default=1, ge=1, le=256, validation_alias=AliasChoices("LOCAL_MODEL_THREADS")
+    )
+    local_model_path: Path | None = Field(
+        default=None, validation_alias=AliasChoices("LOCAL_MODEL_PATH")
+    )
+    local_model_context: int = Field(
+        default=2048, ge=256, le=131_072, validation_alias=AliasChoices("LOCAL_MODEL_CONTEXT")
+    )
 
     @field_validator("grpc_addr", "http_addr", mode="before")
     @classmethod
@@ -139,3 +156,21 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError("invalid setting " + "; ".join(problems)) from None
     except _SourceError as exc:  # a value the source itself could not parse
         raise SettingsError(f"invalid setting: {exc}") from None
+
+
+def load_environment() -> dict[str, str]:
+    """The process environment over the values of `.env` (the environment wins)."""
+    values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+    values.update(os.environ)
+    return values
+
+
+def load_routing(environ: Mapping[str, str] | None = None) -> RoutingConfig:
+    """Model routes and providers (MODEL_ROUTE_<KEY>, PROVIDER_<P>_*, ...).
+
+    Raises `SettingsError` with one line naming the bad variable.
+    """
+    try:
+        return parse_routing(load_environment() if environ is None else environ)
+    except ValueError as exc:
+        raise SettingsError(f"invalid setting {exc}") from None

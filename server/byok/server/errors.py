@@ -108,3 +108,8 @@ class DeadlineExceeded(ByokError):
 class Cancelled(ByokError):
     code = "CANCELLED"
     default_reason = "CANCELLED"
+
+
+class Unimplemented(ByokError):
+    code = "UNIMPLEMENTED"
+    default_reason = "NOT_IMPLEMENTED"

@@ -2,9 +2,9 @@
 
 A provider yields one `TextDelta` per upstream chunk that carries text, as soon as it
 arrives (never coalesced or held back), then exactly one `StreamEnd`. Failures are
-raised as `byok.server.errors` domain errors. Callers that may stop early should
-consume the stream inside `contextlib.aclosing(...)` so the upstream request is
-closed at once rather than when the generator is garbage-collected.
+raised as `byok.server.errors` domain errors. Implementations are async generators:
+callers that may stop early should consume the stream inside `contextlib.aclosing(...)`
+so the upstream request is closed at once, not when the generator is collected.
 """
 
 from __future__ import annotations

@@ -61,11 +61,11 @@ _UNUSED_KEY = "byok-no-key"  # only to satisfy the SDK; never sent (see _NO_AUTH
 
 def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
     """Removes known secrets and anything that looks like an API key or bearer token."""
+    text = _BEARER.sub("Bearer …", _KEYLIKE.sub("sk-…", text))
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "…")
-    text = _KEYLIKE.sub("sk-…", text)
-    return _BEARER.sub("Bearer …", text)
+    return text
 
 
 class OpenAICompatProvider:

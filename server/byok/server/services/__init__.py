@@ -10,8 +10,10 @@ from typing import Any
 
 import grpc
 
+from byok.server.chat.engine import ChatEngine
 from byok.server.conversations.service import Conversations
 from byok.server.rpc.server import ServiceBinding
+from byok.server.services.chat import ChatServicer
 from byok.server.services.conversations import ConversationServicer
 from byok.v1 import (
     chat_pb2,
@@ -50,7 +52,7 @@ def unimplemented(pb2: Any, pb2_grpc: Any, service: str) -> ServiceBinding:
     return binding(pb2, pb2_grpc, service, type(f"Unimplemented{service}", (base,), methods)())
 
 
-def service_bindings(conversations: Conversations) -> list[ServiceBinding]:
+def service_bindings(conversations: Conversations, chat: ChatEngine) -> list[ServiceBinding]:
     return [
         binding(
             conversations_pb2,
@@ -58,7 +60,7 @@ def service_bindings(conversations: Conversations) -> list[ServiceBinding]:
             "ConversationService",
             ConversationServicer(conversations),
         ),
-        unimplemented(chat_pb2, chat_pb2_grpc, "ChatService"),
+        binding(chat_pb2, chat_pb2_grpc, "ChatService", ChatServicer(chat)),
         unimplemented(models_pb2, models_pb2_grpc, "ModelService"),
         unimplemented(spaces_pb2, spaces_pb2_grpc, "SpaceService"),
     ]

@@ -1,0 +1,321 @@
+"""One chat turn, as data: resolve the route, store the user message first, stream the
+reply from the provider as it arrives, store the assistant message at the end.
+
+If the caller cancels or the upstream fails after the first token, what was
+generated is stored INCOMPLETE with the reason before the error propagates: an
+acknowledged user message and a partial reply are never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import cast
+
+from byok.server.chat import tokens
+from byok.server.conversations.model import Conversation, Message, MessageStatus, Role, Usage
+from byok.server.conversations.service import Conversations, check_content, check_title
+from byok.server.errors import ByokError, FailedPrecondition, InvalidArgument, Unimplemented
+from byok.server.ids import new_id
+from byok.server.models.routing import Route, RouteTable
+from byok.server.providers.base import (
+    ChatMessage,
+    Provider,
+    SamplingParams,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+)
+
+HISTORY_LIMIT = 10_000
+_ROLE_NAMES = {
+    Role.SYSTEM: "system",
+    Role.USER: "user",
+    Role.ASSISTANT: "assistant",
+    Role.TOOL: "tool",
+}
+
+
+@dataclass(frozen=True)
+class GenerationOverrides:
+    """Request parameters; None means "not set" (the profile's or provider's default)."""
+
+    system_prompt: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    user_id: str
+    content: str
+    conversation: str = ""  # a name, or "" for a new conversation
+    model_key: str = ""
+    model_profile: str = ""
+    params: GenerationOverrides = field(default_factory=GenerationOverrides)
+    title: str = ""
+    space: str = ""
+
+
+@dataclass(frozen=True)
+class Started:
+    conversation: Conversation
+    conversation_created: bool
+    user_message: Message
+    route: Route
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Done:
+    message: Message
+
+
+ChatEvent = Started | Delta | UsageReport | Done
+
+
+def check_params(params: GenerationOverrides) -> None:
+    if params.temperature is not None and not 0.0 <= params.temperature <= 2.0:
+        raise InvalidArgument.field("params.temperature", "must be between 0 and 2")
+    if params.top_p is not None and not 0.0 <= params.top_p <= 1.0:
+        raise InvalidArgument.field("params.top_p", "must be between 0 and 1")
+    if params.max_tokens is not None and params.max_tokens < 1:
+        raise InvalidArgument.field("params.max_tokens", "must be at least 1")
+    if len(params.stop) > 4:
+        raise InvalidArgument.field("params.stop", "takes at most 4 sequences")
+
+
+class ChatEngine:
+    """Runs turns against the configured routes and providers."""
+
+    def __init__(
+        self,
+        conversations: Conversations,
+        routes: RouteTable,
+        providers: Mapping[str, Provider],
+        provider_keys: Mapping[str, str | None],
+        *,
+        history_token_budget: int = 6000,
+        context_limits: Mapping[str, int] | None = None,
+    ) -> None:
+        self.conversations = conversations
+        self.routes = routes
+        self.providers = providers
+        self.provider_keys = provider_keys
+        self.history_token_budget = history_token_budget
+        self.context_limits = dict(context_limits or {})
+
+    def _route(self, turn: ChatTurn) -> Route:
+        if turn.model_profile:
+            raise Unimplemented(
+                "model profiles are not available yet; name a route with model_key",
+                reason="PROFILES_UNAVAILABLE",
+            )
+        route = self.routes.resolve(turn.model_key or None)
+        self.routes.check_allowed(route)
+        return route
+
+    def _key(self, route: Route) -> str | None:
+        """The key to send for this turn: None uses the provider's configured key."""
+        if route.provider == "openai" and not self.provider_keys.get(route.provider):
+            raise FailedPrecondition(
+                f"route {route.key} uses provider 'openai', which needs a key: set OPENAI_API_KEY",
+                reason="PROVIDER_KEY_MISSING",
+                metadata={"provider": route.provider, "route": route.key},
+            )
+        return None
+
+    async def stream(self, turn: ChatTurn) -> AsyncGenerator[ChatEvent, None]:
+        if not turn.content.strip():
+            raise InvalidArgument.field("content", "is required")
+        check_content(turn.content)
+        check_title(turn.title)
+        check_params(turn.params)
+        route = self._route(turn)
+        provider = self.providers[route.provider]
+        api_key = self._key(route)
+
+        created = not turn.conversation
+        if created:
+            conv = await self.conversations.create(
+                turn.user_id,
+                title=turn.title or _title_from(turn.content),
+                space=turn.space,
+            )
+            history: list[Message] = []
+        else:
+            conv = await self.conversations.get(turn.user_id, turn.conversation, full=False)
+            history = await self._history(turn.user_id, conv)
+        # Stored before the upstream is called: an acknowledged message is never lost.
+        user_message = await self.conversations.append(
+            turn.user_id,
+            conv.name,
+            Message(id="", conversation_id=conv.id, role=Role.USER, content=turn.content),
+        )
+        yield Started(conv, created, user_message, route)
+
+        system = (
+            ChatMessage("system", turn.params.system_prompt) if turn.params.system_prompt else None
+        )
+        upstream = tokens.trim_history(
+            system,
+            [*_chat_messages(history), ChatMessage("user", turn.content)],
+            self._budget(route, turn.params),
+        )
+        params = SamplingParams(
+            temperature=turn.params.temperature,
+            top_p=turn.params.top_p,
+            max_tokens=turn.params.max_tokens,
+            stop=turn.params.stop,
+        )
+        async for event in self._relay(turn, conv, route, provider, api_key, upstream, params):
+            yield event
+
+    async def _relay(
+        self,
+        turn: ChatTurn,
+        conv: Conversation,
+        route: Route,
+        provider: Provider,
+        api_key: str | None,
+        upstream: list[ChatMessage],
+        params: SamplingParams,
+    ) -> AsyncGenerator[ChatEvent, None]:
+        parts: list[str] = []
+        started = time.perf_counter()
+        first_token: float | None = None
+        end: StreamEnd | None = None
+        completion_tokens = 0
+        try:
+            stream = provider.stream(route.model_id, upstream, params, api_key=api_key)
+            async with contextlib.aclosing(
+                cast(AsyncGenerator[StreamEvent, None], stream)
+            ) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        if first_token is None:
+                            first_token = time.perf_counter()
+                        parts.append(event.text)
+                        yield Delta(event.text)
+                        if params.max_tokens is not None:
+                            # An upstream that ignores max_tokens is cut off here.
+                            completion_tokens += tokens.count_tokens(event.text)
+                            if completion_tokens >= params.max_tokens + 16:
+                                end = StreamEnd("length")
+                                break
+                    else:
+                        end = event
+        except BaseException as exc:  # cancelled, closed early, or the upstream failed
+            if parts:
+                if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                    reason = "cancelled"
+                elif isinstance(exc, ByokError):
+                    reason = f"upstream_error: {exc.reason}: {exc.message}"
+                else:
+                    reason = f"error: {type(exc).__name__}"
+                await asyncio.shield(
+                    self._store_reply(
+                        turn,
+                        conv,
+                        route,
+                        upstream,
+                        parts,
+                        started,
+                        first_token,
+                        StreamEnd("incomplete"),
+                        MessageStatus.INCOMPLETE,
+                        reason,
+                    )
+                )
+            raise
+        reply = await self._store_reply(
+            turn,
+            conv,
+            route,
+            upstream,
+            parts,
+            started,
+            first_token,
+            end or StreamEnd("stop"),
+            MessageStatus.COMPLETE,
+            "",
+        )
+        yield UsageReport(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        yield Done(reply)
+
+    def _budget(self, route: Route, params: GenerationOverrides) -> int:
+        """The history budget, within what a provider with a small context can take
+        (counts are o200k approximations, hence the margin)."""
+        limit = self.context_limits.get(route.provider)
+        if limit is None:
+            return self.history_token_budget
+        room = limit - (params.max_tokens or 512) - 128
+        return max(64, min(self.history_token_budget, room))
+
+    async def _history(self, user_id: str, conv: Conversation) -> list[Message]:
+        page = await self.conversations.store.list_messages(
+            user_id, conv.id, descending=True, limit=HISTORY_LIMIT, after_seq=None
+        )
+        return list(reversed(page or []))
+
+    async def _store_reply(
+        self,
+        turn: ChatTurn,
+        conv: Conversation,
+        route: Route,
+        upstream: list[ChatMessage],
+        parts: list[str],
+        started: float,
+        first_token: float | None,
+        end: StreamEnd,
+        status: MessageStatus,
+        reason: str,
+    ) -> Message:
+        text = "".join(parts)
+        now = time.perf_counter()
+        prompt_tokens = end.prompt_tokens
+        if prompt_tokens is None:
+            prompt_tokens = tokens.count_messages(upstream)
+        completion_tokens = end.completion_tokens
+        if completion_tokens is None:
+            completion_tokens = tokens.count_tokens(text)
+        message = Message(
+            id=new_id(),
+            conversation_id=conv.id,
+            role=Role.ASSISTANT,
+            content=text,
+            status=status,
+            incomplete_reason=reason[:500],
+            model=route.model_id,
+            route=route.key,
+            usage=Usage(prompt_tokens, completion_tokens),
+            latency_us=int((now - started) * 1e6),
+            ttft_us=int(((first_token or now) - started) * 1e6),
+            finish_reason=end.finish_reason,
+        )
+        stored = await self.conversations.store.append_messages(turn.user_id, conv.id, [message])
+        return stored[0] if stored else replace(message)
+
+
+def _title_from(content: str) -> str:
+    line = " ".join(content.split())
+    return line if len(line) <= 60 else line[:59] + "…"
+
+
+def _chat_messages(history: list[Message]) -> list[ChatMessage]:
+    return [ChatMessage(_ROLE_NAMES[m.role], m.content) for m in history if m.content]
