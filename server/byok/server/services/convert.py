@@ -37,6 +37,7 @@ def usage_pb(usage: Usage) -> common_pb2.TokenUsage:
 
 
 def message_pb(m: Message) -> conversations_pb2.Message:
+    generated = m.role is Role.ASSISTANT or m.usage.total_tokens or m.latency_us
     return conversations_pb2.Message(
         name=m.name,
         role=int(m.role),  # type: ignore[arg-type]
@@ -45,9 +46,10 @@ def message_pb(m: Message) -> conversations_pb2.Message:
         incomplete_reason=m.incomplete_reason,
         model=m.model,
         route=m.route,
-        usage=usage_pb(m.usage),
-        latency=duration(m.latency_us),
-        time_to_first_token=duration(m.ttft_us),
+        # Usage and timings describe a generation: left unset on other messages.
+        usage=usage_pb(m.usage) if generated else None,
+        latency=duration(m.latency_us) if generated else None,
+        time_to_first_token=duration(m.ttft_us) if generated else None,
         finish_reason=m.finish_reason,
         metadata=m.metadata,
         create_time=timestamp(m.create_time_us),
