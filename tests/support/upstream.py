@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -387,3 +388,26 @@ class _SSEStream(Response):
     @staticmethod
     def _sse(chunk: Mapping[str, Any]) -> bytes:
         return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+
+
+class ThreadedUpstream:
+    """A ScriptedUpstream on its own event loop in a thread, for tests whose byok server
+    and client are separate processes (the test itself stays synchronous)."""
+
+    def __init__(self) -> None:
+        self.upstream = ScriptedUpstream()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedUpstream:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.upstream.__aenter__(), self._loop).result(30)
+        return self.upstream
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(
+            self.upstream.__aexit__(None, None, None), self._loop
+        ).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

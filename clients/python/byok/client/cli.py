@@ -29,6 +29,7 @@ from byok.client.client import (
     DEFAULT_TARGET,
     ENV_TARGET,
     Client,
+    chat_request,
     conversation_id,
     conversation_name,
 )
@@ -50,10 +51,6 @@ conversations_app = typer.Typer(
 )
 app.add_typer(conversations_app, name="conversations")
 app.add_typer(conversations_app, name="conv", hidden=True)
-# `byok chat` (the Chat issue) registers its own sub-typer here, the same way:
-#     from byok.client.chat_cli import chat_app
-#     app.add_typer(chat_app, name="chat")
-# and reuses `cli_state`, `connect` and `fail` below for options and errors.
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine output: JSON on stdout.")]
 Target = Annotated[str, typer.Argument(help="Conversation id or name (conversations/<id>).")]
@@ -478,3 +475,60 @@ def main() -> None:
     except BrokenPipeError:  # `byok conv ls --json | head`
         _quiet_stdout()
         sys.exit(1)
+
+
+# -- chat ------------------------------------------------------------------------------
+
+
+@app.command("chat")
+def chat_command(
+    ctx: typer.Context,
+    message: Annotated[str, typer.Argument(help="Your message; '-' reads it from stdin.")],
+    conversation: Annotated[
+        str | None,
+        typer.Option("-c", "--conversation", help="Continue this conversation (id or name)."),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Route key (MODEL_ROUTE_<KEY>).")
+    ] = "",
+    profile: Annotated[str, typer.Option("--profile", help="Model profile (id or name).")] = "",
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", min=0, max=2)] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1)] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Send a message and stream the reply as it arrives; prints the conversation's name."""
+    text = sys.stdin.read() if message == "-" else message
+    request = chat_request(
+        text,
+        conversation=conversation,
+        model_key=model,
+        model_profile=(
+            profile
+            if not profile or profile.startswith("modelProfiles/")
+            else f"modelProfiles/{profile}"
+        ),
+        system_prompt=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+    as_json = _as_json(ctx, json_flag)
+    out = sys.stdout
+    name = ""
+    with connect(ctx) as client:
+        for event in client.stream_chat(request):
+            kind = event.WhichOneof("event")
+            if as_json:  # one JSON object per event, flushed: scripts read it live
+                out.write(json.dumps(json_format.MessageToDict(event)) + "\n")
+                out.flush()
+                continue
+            if kind == "started":
+                name = event.started.conversation
+            elif kind == "delta":
+                out.write(event.delta.text)
+                out.flush()  # every delta as it arrives, also into a pipe
+            elif kind == "done":
+                out.write("\n")
+                out.flush()
+    if not as_json:
+        _stderr().print(Text(name))

@@ -25,7 +25,7 @@ import grpc
 from google.protobuf import field_mask_pb2
 
 from byok.client.errors import ByokError, from_rpc_error
-from byok.v1 import conversations_pb2, conversations_pb2_grpc
+from byok.v1 import chat_pb2, chat_pb2_grpc, common_pb2, conversations_pb2, conversations_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 ENV_TARGET = "BYOK_GRPC_ADDR"
@@ -190,6 +190,7 @@ class Client:
             ],
         )
         self.conversations = conversations_pb2_grpc.ConversationServiceStub(self._channel)
+        self.chat_service = chat_pb2_grpc.ChatServiceStub(self._channel)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -460,3 +461,56 @@ class Client:
         return self._unary(
             self.conversations.ImportConversations, request, timeout or self.timeout * 10
         )
+
+    # -- chat -------------------------------------------------------------------------
+
+    def stream_chat(
+        self, request: chat_pb2.ChatRequest, *, timeout: float | None = None
+    ) -> Iterator[chat_pb2.StreamChatResponse]:
+        """Yields started, delta..., usage, done as the server sends them (no deadline by
+        default: a long answer may take minutes). Closing the iterator cancels the turn."""
+        call = self.chat_service.StreamChat(request, timeout=timeout, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()
+
+    def chat(
+        self, request: chat_pb2.ChatRequest, *, timeout: float | None = None
+    ) -> chat_pb2.ChatResponse:
+        """The whole reply at once."""
+        return self._unary(self.chat_service.Chat, request, timeout=timeout or 600.0)
+
+
+def chat_request(
+    content: str,
+    *,
+    conversation: str | None = None,
+    model_key: str = "",
+    model_profile: str = "",
+    system_prompt: str | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+    stop: Iterable[str] = (),
+    title: str = "",
+) -> chat_pb2.ChatRequest:
+    params = common_pb2.GenerationParams(stop=list(stop))
+    if system_prompt is not None:
+        params.system_prompt = system_prompt
+    if temperature is not None:
+        params.temperature = temperature
+    if top_p is not None:
+        params.top_p = top_p
+    if max_tokens is not None:
+        params.max_tokens = max_tokens
+    return chat_pb2.ChatRequest(
+        conversation=conversation_name(conversation) if conversation else "",
+        content=content,
+        model_key=model_key,
+        model_profile=model_profile,
+        params=params,
+        title=title,
+    )
