@@ -10,10 +10,8 @@ column names chosen from whitelists.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,9 @@ from byok.server.errors import Aborted, AlreadyExists, FailedPrecondition, Inval
 from byok.server.filtering import Condition
 from byok.server.storage import migrations
 from byok.server.storage.base import ImportRecord, User
+from byok.server.storage.sqlite.accounts import AccountsMixin
+from byok.server.storage.sqlite.base import now_us
+from byok.server.storage.sqlite.workspace import WorkspaceMixin
 
 CONV_COLS = (
     "c.seq, c.id, c.title, c.metadata, c.space_id, c.pinned, c.archived, c.last_model,"
@@ -58,10 +59,6 @@ _OPS = {"=", "!=", "<", "<=", ">", ">="}
 # bm25 weights: a word in the message counts more than the same word in the title.
 _BM25 = "bm25(messages_fts, 1.0, 0.3)"
 _SNIPPET = "snippet(messages_fts, -1, '[', ']', '…', 16)"
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _where(conditions: Sequence[Condition], columns: Mapping[str, str]) -> tuple[str, list[Any]]:
@@ -134,8 +131,12 @@ async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     return conn
 
 
-class SqliteStore:
-    """Open with `SqliteStore.open(path)`, which also brings the schema to head."""
+class SqliteStore(AccountsMixin, WorkspaceMixin):
+    """Open with `SqliteStore.open(path)`, which also brings the schema to head.
+
+    Conversations live here; accounts (users, API keys, provider keys) and workspaces
+    (spaces, model profiles) in their mixins, on the same connections and lock.
+    """
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
         self.path = path
@@ -162,26 +163,6 @@ class SqliteStore:
         async with self._write_lock:
             await self._writer.close()
         await self._reader.close()
-
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; rolled back on any error, cancellation included."""
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                await asyncio.shield(self._writer.execute("ROLLBACK"))
-                raise
-            await asyncio.shield(self._writer.execute("COMMIT"))
-
-    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self._reader.execute(sql, params) as cur:
-            return await cur.fetchone()
-
-    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
 
     async def ping(self) -> None:
         await self._one("SELECT 1")
