@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: help venv run test test-py gen gen-check lint fmt clean
+.PHONY: help venv run test test-py test-node gen gen-check lint fmt clean
 
 help:
 	@echo "make run    - serve byok (gRPC + HTTP) on the embedded SQLite default"
@@ -30,8 +30,12 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/byok-server serve
 
+NPM := npm --prefix clients/node --no-audit --no-fund
+
 gen: $(STAMP)
 	scripts/gen.sh gen
+	$(NPM) ci
+	$(NPM) run gen
 
 gen-check: $(STAMP)
 	scripts/gen.sh check
@@ -47,10 +51,16 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint gen-check test-py
+test: lint gen-check test-py test-node
 
 test-py: $(STAMP)
 	$(BIN)/pytest
+
+# The TypeScript client: its generated code must be fresh, and its test calls a live server.
+test-node: $(STAMP)
+	$(NPM) ci
+	$(NPM) run gen:check
+	$(NPM) test
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,9 @@ import contextlib
 import logging
 import signal
 
+from byok.server import tls
+from byok.server.accounts.provider_keys import ProviderKeys, parse_master_key
+from byok.server.accounts.users import Accounts
 from byok.server.chat.engine import ChatEngine
 from byok.server.config import Settings, load_routing
 from byok.server.conversations.service import Conversations
@@ -52,24 +55,50 @@ class App:
         )
         try:
             conversations = Conversations(self.store)
+            accounts = Accounts(self.store)
+            master = s.master_key.get_secret_value() if s.master_key else None
+            provider_keys = ProviderKeys(
+                self.store, parse_master_key(master) if master else None, self.routing.providers
+            )
             self.providers = build_providers(self.routing, self._local_factory)
             chat = ChatEngine(
                 conversations,
                 RouteTable(self.routing),
                 self.providers,
                 {name: p.api_key for name, p in self.routing.providers.items()},
+                user_keys=provider_keys,
                 history_token_budget=s.context_token_budget,
                 context_limits={"local": s.local_model_context},
             )
-            self.grpc = build_grpc_server(service_bindings(conversations, chat), str(s.grpc_addr))
+
+            async def authenticate(key: str) -> str:
+                return (await accounts.authenticate(key)).id
+
+            self.grpc = build_grpc_server(
+                service_bindings(conversations, chat, provider_keys),
+                str(s.grpc_addr),
+                authenticate=authenticate if s.auth_mode == "keys" else None,
+                credentials=tls.server_credentials(s) if s.tls else None,
+            )
             sock = bind(s.http_addr)
         except OSError:
             await self.store.close()
             raise
+        if (
+            s.allow_insecure
+            and not s.tls
+            and not (s.grpc_addr.is_loopback and s.http_addr.is_loopback)
+        ):
+            log.warning(
+                "ALLOW_INSECURE=true: serving a non-loopback address without TLS; "
+                "API keys and messages travel in clear text"
+            )
         self.http_port = sock.getsockname()[1]
         await self.grpc.server.start()
         await self.grpc.set_serving()
-        self.http = build_server(build_http_app(self._readiness), s.log_level)
+        self.http = build_server(
+            build_http_app(self._readiness), s.log_level, ssl=tls.uvicorn_ssl(s) if s.tls else None
+        )
         self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]))
         while not self.http.started:
             if self._http_task.done():
@@ -77,11 +106,13 @@ class App:
                 raise RuntimeError("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
         log.info(
-            "byok serving gRPC on %s:%d and HTTP on %s:%d, data in %s",
+            "byok serving gRPC on %s:%d and HTTP on %s:%d (auth %s, TLS %s), data in %s",
             s.grpc_addr.host,
             self.grpc_port,
             s.http_addr.host,
             self.http_port,
+            s.auth_mode,
+            "on" if s.tls else "off",
             s.data_dir,
         )
 

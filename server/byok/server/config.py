@@ -16,10 +16,18 @@ from typing import Annotated, Any
 
 import platformdirs
 from dotenv import dotenv_values
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
+from byok.server.accounts.provider_keys import parse_master_key
 from byok.server.models.routing import RoutingConfig, parse_routing
 
 
@@ -110,6 +118,66 @@ class Settings(BaseSettings):
         default=2048, ge=256, le=131_072, validation_alias=AliasChoices("LOCAL_MODEL_CONTEXT")
     )
 
+    auth_mode: str = Field(default="local", validation_alias=AliasChoices("AUTH_MODE"))
+    allow_insecure: bool = Field(default=False, validation_alias=AliasChoices("ALLOW_INSECURE"))
+    tls_cert: Path | None = Field(default=None, validation_alias=AliasChoices("BYOK_TLS_CERT"))
+    tls_key: Path | None = Field(default=None, validation_alias=AliasChoices("BYOK_TLS_KEY"))
+    master_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("BYOK_MASTER_KEY"), repr=False
+    )
+
+    @field_validator("auth_mode")
+    @classmethod
+    def _auth_mode(cls, value: str) -> str:
+        mode = value.strip().lower()
+        if mode not in {"local", "keys"}:
+            raise ValueError(f"{value!r} is not local or keys")
+        return mode
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            parse_master_key(value.get_secret_value())  # raises ValueError naming the problem
+            return value
+        return None
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _safe_exposure(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("BYOK_TLS_CERT and BYOK_TLS_KEY go together: set both or neither")
+        exposed = [
+            f"{name}={addr}"
+            for name, addr in (
+                ("BYOK_GRPC_ADDR", self.grpc_addr),
+                ("BYOK_HTTP_ADDR", self.http_addr),
+            )
+            if not addr.is_loopback
+        ]
+        if exposed and self.auth_mode == "local":
+            raise ValueError(
+                "AUTH_MODE=local serves everyone as the implicit local user, so it listens "
+                f"on loopback only, but {', '.join(exposed)} is not loopback: set "
+                "AUTH_MODE=keys (create keys with `byok-server keys create`) or listen on 127.0.0.1"
+            )
+        if exposed and self.tls_cert is None and not self.allow_insecure:
+            raise ValueError(
+                f"{', '.join(exposed)} is not loopback and TLS is off: API keys would travel "
+                "in clear text; set BYOK_TLS_CERT and BYOK_TLS_KEY, or ALLOW_INSECURE=true"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
     @field_validator("grpc_addr", "http_addr", mode="before")
     @classmethod
     def _address(cls, value: object) -> object:
@@ -149,9 +217,12 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            variable = _ALIASES.get(field, field)
             message = str(error["msg"]).removeprefix("Value error, ")
+            if not error["loc"]:  # a rule across settings: its message names them
+                problems.append(message)
+                continue
+            field = str(error["loc"][0])
+            variable = _ALIASES.get(field, field)
             problems.append(f"{variable}: {message}")
         raise SettingsError("invalid setting " + "; ".join(problems)) from None
     except _SourceError as exc:  # a value the source itself could not parse

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import cast
 
+from byok.server.accounts.provider_keys import ProviderKeys
 from byok.server.chat import tokens
 from byok.server.conversations.model import Conversation, Message, MessageStatus, Role, Usage
 from byok.server.conversations.service import Conversations, check_content, check_title
@@ -108,15 +109,17 @@ class ChatEngine:
         conversations: Conversations,
         routes: RouteTable,
         providers: Mapping[str, Provider],
-        provider_keys: Mapping[str, str | None],
+        server_keys: Mapping[str, str | None],
         *,
+        user_keys: ProviderKeys | None = None,
         history_token_budget: int = 6000,
         context_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.conversations = conversations
         self.routes = routes
         self.providers = providers
-        self.provider_keys = provider_keys
+        self.server_keys = server_keys
+        self.user_keys = user_keys
         self.history_token_budget = history_token_budget
         self.context_limits = dict(context_limits or {})
 
@@ -130,11 +133,19 @@ class ChatEngine:
         self.routes.check_allowed(route)
         return route
 
-    def _key(self, route: Route) -> str | None:
-        """The key to send for this turn: None uses the provider's configured key."""
-        if route.provider == "openai" and not self.provider_keys.get(route.provider):
+    async def _key(self, user_id: str, route: Route) -> str | None:
+        """The caller's own key for the provider first, then the server's (None: the
+        provider's configured key); openai without either is refused up front."""
+        if route.provider == "local":
+            return None
+        if self.user_keys is not None:
+            mine = await self.user_keys.plaintext(user_id, route.provider)
+            if mine:
+                return mine
+        if route.provider == "openai" and not self.server_keys.get(route.provider):
             raise FailedPrecondition(
-                f"route {route.key} uses provider 'openai', which needs a key: set OPENAI_API_KEY",
+                f"route {route.key} uses provider 'openai', which needs a key: store yours "
+                "with SetProviderKey (byok keys set openai) or set OPENAI_API_KEY on the server",
                 reason="PROVIDER_KEY_MISSING",
                 metadata={"provider": route.provider, "route": route.key},
             )
@@ -148,7 +159,7 @@ class ChatEngine:
         check_params(turn.params)
         route = self._route(turn)
         provider = self.providers[route.provider]
-        api_key = self._key(route)
+        api_key = await self._key(turn.user_id, route)
 
         created = not turn.conversation
         if created:

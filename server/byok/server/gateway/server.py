@@ -31,9 +31,14 @@ def bind(address: Address) -> socket.socket:
     return sock
 
 
-def build_server(app: ASGIApp, log_level: str) -> EmbeddedServer:
+def build_server(
+    app: ASGIApp, log_level: str, *, ssl: tuple[str, str] | None = None
+) -> EmbeddedServer:
+    """`ssl` is (certificate file, key file) to serve HTTPS."""
     config = uvicorn.Config(
         app,
+        ssl_certfile=ssl[0] if ssl else None,
+        ssl_keyfile=ssl[1] if ssl else None,
         lifespan="off",
         log_level=log_level.lower(),
         access_log=False,

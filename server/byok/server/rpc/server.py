@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from byok.server.rpc.errors import ErrorInterceptor
+from byok.server.rpc.calls import Authenticate, CallInterceptor
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -36,9 +36,15 @@ class GrpcServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def build_grpc_server(bindings: Sequence[ServiceBinding], address: str) -> GrpcServer:
+def build_grpc_server(
+    bindings: Sequence[ServiceBinding],
+    address: str,
+    *,
+    authenticate: Authenticate | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> GrpcServer:
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[CallInterceptor(authenticate)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -59,7 +65,11 @@ def build_grpc_server(bindings: Sequence[ServiceBinding], address: str) -> GrpcS
         server,
     )
     try:
-        port = server.add_insecure_port(address)
+        port = (
+            server.add_secure_port(address, credentials)
+            if credentials
+            else server.add_insecure_port(address)
+        )
     except RuntimeError:  # grpc reports a failed bind this way
         port = 0
     if port == 0:

@@ -10,11 +10,13 @@ from typing import Any
 
 import grpc
 
+from byok.server.accounts.provider_keys import ProviderKeys
 from byok.server.chat.engine import ChatEngine
 from byok.server.conversations.service import Conversations
 from byok.server.rpc.server import ServiceBinding
 from byok.server.services.chat import ChatServicer
 from byok.server.services.conversations import ConversationServicer
+from byok.server.services.provider_keys import ProviderKeysMixin
 from byok.v1 import (
     chat_pb2,
     chat_pb2_grpc,
@@ -35,6 +37,10 @@ def binding(pb2: Any, pb2_grpc: Any, service: str, servicer: Any) -> ServiceBind
 
 def unimplemented(pb2: Any, pb2_grpc: Any, service: str) -> ServiceBinding:
     """A servicer whose every RPC answers UNIMPLEMENTED, without a traceback."""
+    return binding(pb2, pb2_grpc, service, unimplemented_class(pb2, pb2_grpc, service)())
+
+
+def unimplemented_class(pb2: Any, pb2_grpc: Any, service: str) -> type:
     descriptor = pb2.DESCRIPTOR.services_by_name[service]
 
     def make(method: str) -> Any:
@@ -49,10 +55,12 @@ def unimplemented(pb2: Any, pb2_grpc: Any, service: str) -> ServiceBinding:
 
     base = getattr(pb2_grpc, f"{service}Servicer")
     methods = {m.name: make(m.name) for m in descriptor.methods}
-    return binding(pb2, pb2_grpc, service, type(f"Unimplemented{service}", (base,), methods)())
+    return type(f"Unimplemented{service}", (base,), methods)
 
 
-def service_bindings(conversations: Conversations, chat: ChatEngine) -> list[ServiceBinding]:
+def service_bindings(
+    conversations: Conversations, chat: ChatEngine, provider_keys: ProviderKeys
+) -> list[ServiceBinding]:
     return [
         binding(
             conversations_pb2,
@@ -61,6 +69,18 @@ def service_bindings(conversations: Conversations, chat: ChatEngine) -> list[Ser
             ConversationServicer(conversations),
         ),
         binding(chat_pb2, chat_pb2_grpc, "ChatService", ChatServicer(chat)),
-        unimplemented(models_pb2, models_pb2_grpc, "ModelService"),
+        binding(
+            models_pb2,
+            models_pb2_grpc,
+            "ModelService",
+            type(
+                "ModelServicer",
+                (
+                    ProviderKeysMixin,
+                    unimplemented_class(models_pb2, models_pb2_grpc, "ModelService"),
+                ),
+                {"provider_keys": provider_keys},
+            )(),
+        ),
         unimplemented(spaces_pb2, spaces_pb2_grpc, "SpaceService"),
     ]

@@ -18,7 +18,7 @@ from byok.server.chat.engine import (
     UsageReport,
 )
 from byok.server.errors import ByokError
-from byok.server.services.conversations import user_of
+from byok.server.rpc.calls import user_of
 from byok.server.services.convert import duration, message_pb
 from byok.v1 import chat_pb2, chat_pb2_grpc, common_pb2
 

@@ -10,8 +10,8 @@ from google.protobuf import empty_pb2
 
 from byok.server.conversations import exchange
 from byok.server.conversations.service import Conversations
+from byok.server.rpc.calls import user_of
 from byok.server.services.convert import conversation_pb, hit_pb, message_from_pb, message_pb
-from byok.server.storage.base import DEFAULT_USER_ID
 from byok.v1 import conversations_pb2, conversations_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -20,11 +20,6 @@ _FORMATS: dict[int, Any] = {
     conversations_pb2.IMPORT_FORMAT_BYOK: "byok",
     conversations_pb2.IMPORT_FORMAT_CHATGPT: "chatgpt",
 }
-
-
-def user_of(context: Context) -> str:
-    """The caller's user id. Local mode: the implicit user (auth comes with its issue)."""
-    return DEFAULT_USER_ID
 
 
 class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):

@@ -1,0 +1,1 @@
+"""Users, their API keys, and the provider keys they bring."""

@@ -1,0 +1,120 @@
+"""What happens around every byok RPC, in one place: who the caller is, and how a
+failure becomes a gRPC status.
+
+The interceptor wraps each byok.v1 handler. Inside the wrapper (which runs in the
+call's own task) it authenticates the caller and sets `current_user`; services read
+it with `user_of()`. Domain errors become statuses with google.rpc details
+(rpc/errors.py); anything unexpected is logged and answered INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+
+from byok.server.errors import ByokError, Unauthenticated
+from byok.server.rpc.errors import abort
+from byok.server.storage.base import DEFAULT_USER_ID
+
+log = logging.getLogger("byok.server.rpc")
+
+current_user: ContextVar[str] = ContextVar("byok_current_user", default=DEFAULT_USER_ID)
+
+# Takes the presented API key, returns the user id (or raises a ByokError).
+Authenticate = Callable[[str], Awaitable[str]]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def user_of(context: Context | None = None) -> str:
+    """The caller's user id, as the interceptor established it for this call."""
+    return current_user.get()
+
+
+def bearer_key(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            raise Unauthenticated(
+                "the authorization header must be `Bearer <api key>`", reason="API_KEY_MALFORMED"
+            )
+    raise Unauthenticated(
+        "this server needs an API key: send `authorization: Bearer <key>` "
+        "(the byok CLI sends BYOK_API_KEY)",
+        reason="API_KEY_MISSING",
+    )
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """`authenticate` None means local mode: every call is the implicit local user."""
+
+    def __init__(self, authenticate: Authenticate | None = None) -> None:
+        self.authenticate = authenticate
+
+    async def _begin(self, context: Context) -> None:
+        if self.authenticate is None:
+            current_user.set(DEFAULT_USER_ID)
+        else:
+            current_user.set(await self.authenticate(bearer_key(context)))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith("/byok."):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(self, behavior: Any, method: str) -> Any:
+        async def wrapper(request: Any, context: Context) -> Any:
+            try:
+                await self._begin(context)
+                return await behavior(request, context)
+            except ByokError as error:
+                await abort(context, error)
+            except (grpc.aio.AbortError, grpc.aio.UsageError):
+                raise
+            except Exception:
+                await _internal(context, method)
+
+        return wrapper
+
+    def _wrap_stream(self, behavior: Any, method: str) -> Any:
+        async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                await self._begin(context)
+                async for item in behavior(request, context):
+                    yield item
+            except ByokError as error:
+                await abort(context, error)
+            except (grpc.aio.AbortError, grpc.aio.UsageError):
+                raise
+            except Exception:
+                await _internal(context, method)
+
+        return wrapper
+
+
+async def _internal(context: Context, method: str) -> None:
+    log.exception("unexpected error in %s", method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")

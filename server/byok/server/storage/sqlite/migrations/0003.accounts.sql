@@ -1,0 +1,25 @@
+-- depends: 0001.users
+-- API keys (stored only as a SHA-256 of the key: keys are 256-bit random, so a fast
+-- hash is enough) and users' own provider keys (AES-GCM ciphertext, never plaintext).
+CREATE TABLE api_keys (
+    id             TEXT PRIMARY KEY,
+    user_id        TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name           TEXT NOT NULL DEFAULT '',
+    prefix         TEXT NOT NULL,
+    hash           TEXT NOT NULL UNIQUE,
+    create_time    INTEGER NOT NULL,
+    last_used_time INTEGER NOT NULL DEFAULT 0,
+    revoked        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX api_keys_by_user ON api_keys(user_id);
+
+CREATE TABLE provider_keys (
+    user_id     TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    provider    TEXT NOT NULL,
+    nonce       BLOB NOT NULL,
+    ciphertext  BLOB NOT NULL,
+    last4       TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL,
+    PRIMARY KEY (user_id, provider)
+);
