@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -66,6 +67,8 @@ class ServerProcess:
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
+    scheme: str = "http"
+    ca: Path | None = None  # trust this certificate for the readiness probe (TLS)
 
     @property
     def grpc_target(self) -> str:
@@ -73,7 +76,7 @@ class ServerProcess:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30.0) -> None:
         env = {
@@ -102,7 +105,11 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"byok-server exited with {self.proc.returncode}:\n{self.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.http_url}/readyz", timeout=1.0).status_code == 200:
+                verify: ssl.SSLContext | bool = (
+                    ssl.create_default_context(cafile=str(self.ca)) if self.ca else True
+                )
+                ready = httpx.get(f"{self.http_url}/readyz", timeout=1.0, verify=verify)
+                if ready.status_code == 200:
                     return
             time.sleep(0.05)
         raise TimeoutError(f"byok-server did not become ready:\n{self.log()}")

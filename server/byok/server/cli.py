@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
 from byok.server import app as app_module
+from byok.server.accounts.provider_keys import new_master_key
+from byok.server.accounts.users import Accounts
 from byok.server.config import Settings, SettingsError, load_settings
+from byok.server.errors import ByokError
 from byok.server.storage import migrations
+from byok.server.storage.accounts import ApiKeyRecord
+from byok.server.storage.sqlite import SqliteStore
+
+T = TypeVar("T")
 
 cli = typer.Typer(
     name="byok-server",
@@ -23,6 +33,12 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+users_cli = typer.Typer(help="Users (AUTH_MODE=keys).", no_args_is_help=True)
+cli.add_typer(users_cli, name="users")
+keys_cli = typer.Typer(
+    help="API keys of users: shown once, stored as a hash.", no_args_is_help=True
+)
+cli.add_typer(keys_cli, name="keys")
 
 GrpcAddr = Annotated[
     str | None, typer.Option("--grpc-addr", help="gRPC host:port [env BYOK_GRPC_ADDR]")
@@ -108,3 +124,132 @@ def db_downgrade(
 
 def main() -> None:
     cli()
+
+
+# -- users and API keys ----------------------------------------------------------------
+
+UserName = Annotated[str, typer.Argument(help="The user's name (a-z 0-9 _ . -).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="JSON output.")]
+
+
+def _accounts(data_dir: Path | None, action: Callable[[Accounts], Awaitable[T]]) -> T:
+    settings = _settings(data_dir=data_dir)
+
+    async def run() -> T:
+        store = await SqliteStore.open(
+            settings.database_path, busy_timeout_ms=settings.sqlite_busy_timeout_ms
+        )
+        try:
+            return await action(Accounts(store))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except ByokError as exc:
+        _fail(exc.message, 1)
+
+
+def _when(us: int) -> str:
+    if not us:
+        return "-"
+    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@users_cli.command("create")
+def users_create(
+    name: UserName,
+    display_name: Annotated[str, typer.Option("--display-name")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Create a user."""
+    user = _accounts(data_dir, lambda a: a.create_user(name, display_name))
+    typer.echo(f"created user {user.name} ({user.id})")
+
+
+@users_cli.command("list")
+def users_list(data_dir: DataDir = None, json_out: JsonOut = False) -> None:
+    """List users."""
+    users = _accounts(data_dir, lambda a: a.store.list_users())
+    if json_out:
+        rows = [
+            {"id": u.id, "name": u.name, "display_name": u.display_name, "disabled": u.disabled}
+            for u in users
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for u in users:
+        state = "disabled" if u.disabled else "active"
+        typer.echo(f"{u.name:<24} {state:<9} {_when(u.create_time_us)}  {u.id}")
+
+
+@users_cli.command("disable")
+def users_disable(name: UserName, data_dir: DataDir = None) -> None:
+    """Disable a user: their keys stop working at once."""
+    _accounts(data_dir, lambda a: a.set_disabled(name, True))
+    typer.echo(f"disabled user {name}")
+
+
+@users_cli.command("enable")
+def users_enable(name: UserName, data_dir: DataDir = None) -> None:
+    """Enable a disabled user again."""
+    _accounts(data_dir, lambda a: a.set_disabled(name, False))
+    typer.echo(f"enabled user {name}")
+
+
+@keys_cli.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", help="Whose key.")],
+    name: Annotated[str, typer.Option("--name", help="A label, e.g. the laptop it is for.")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key. It is printed once: store it now (e.g. as BYOK_API_KEY)."""
+    new = _accounts(data_dir, lambda a: a.create_key(user, name))
+    typer.echo(new.key)
+    typer.echo(f"created key {new.record.id} for {user}; it is shown only now", err=True)
+
+
+@keys_cli.command("list")
+def keys_list(
+    user: Annotated[str, typer.Option("--user", help="Whose keys.")],
+    data_dir: DataDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """List a user's keys (their first characters only)."""
+
+    async def action(a: Accounts) -> list[ApiKeyRecord]:
+        return await a.store.list_api_keys((await a.user(user)).id)
+
+    keys = _accounts(data_dir, action)
+    if json_out:
+        rows = [
+            {
+                "id": k.id,
+                "name": k.name,
+                "prefix": k.prefix,
+                "revoked": k.revoked,
+                "create_time": _when(k.create_time_us),
+            }
+            for k in keys
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for k in keys:
+        state = "revoked" if k.revoked else "active"
+        typer.echo(f"{k.id}  {k.prefix}…  {state:<8} {_when(k.create_time_us)}  {k.name}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id.")], data_dir: DataDir = None
+) -> None:
+    """Revoke a key: it stops working at once."""
+    if not _accounts(data_dir, lambda a: a.store.revoke_api_key(key_id)):
+        _fail(f"no key with id {key_id!r}", 1)
+    typer.echo(f"revoked key {key_id}")
+
+
+@cli.command("master-key")
+def master_key() -> None:
+    """Print a new random BYOK_MASTER_KEY (for encrypting users' provider keys)."""
+    typer.echo(new_master_key())

@@ -28,6 +28,7 @@ from byok.client.errors import ByokError, from_rpc_error
 from byok.v1 import chat_pb2, chat_pb2_grpc, common_pb2, conversations_pb2, conversations_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+ENV_CA_FILE = "BYOK_CA_FILE"
 ENV_TARGET = "BYOK_GRPC_ADDR"
 ENV_API_KEY = "BYOK_API_KEY"
 ALL_CONVERSATIONS = "conversations/-"
@@ -173,22 +174,27 @@ class Client:
         *,
         api_key: str | None = None,
         timeout: float = 30.0,
+        ca_file: str | None = None,
     ) -> None:
         self.target = target or os.environ.get(ENV_TARGET) or DEFAULT_TARGET
+        ca_file = ca_file or os.environ.get(ENV_CA_FILE) or None
         key = api_key if api_key is not None else os.environ.get(ENV_API_KEY, "")
         self.timeout = timeout
         self._metadata: tuple[tuple[str, str | bytes], ...] = (
             (("authorization", f"Bearer {key}"),) if key else ()
         )
-        self._channel = grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.enable_retries", 1),
-                ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        options = [
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if ca_file:  # TLS, trusting this CA (e.g. a self-signed server certificate)
+            with open(ca_file, "rb") as pem:
+                credentials = grpc.ssl_channel_credentials(root_certificates=pem.read())
+            self._channel = grpc.secure_channel(self.target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=options)
         self.conversations = conversations_pb2_grpc.ConversationServiceStub(self._channel)
         self.chat_service = chat_pb2_grpc.ChatServiceStub(self._channel)
 
