@@ -36,6 +36,7 @@ class App:
         self.settings = settings
         self.routing = routing if routing is not None else load_routing()
         self.providers: dict[str, Provider] = {}
+        self.chat: ChatEngine | None = None
         self.store: SqliteStore | None = None
         self.grpc: GrpcServer | None = None
         self.http: EmbeddedServer | None = None
@@ -74,6 +75,7 @@ class App:
             async def authenticate(key: str) -> str:
                 return (await accounts.authenticate(key)).id
 
+            self.chat = chat
             self.grpc = build_grpc_server(
                 service_bindings(conversations, chat, provider_keys),
                 str(s.grpc_addr),
@@ -146,6 +148,8 @@ class App:
         self._stopping = True
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("byok stopping: no new calls, %.1fs for running ones", grace)
+        if self.chat:
+            self.chat.shutting_down = True
         if self.grpc:
             await self.grpc.health.enter_graceful_shutdown()
             await self.grpc.server.stop(grace)

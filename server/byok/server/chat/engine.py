@@ -122,6 +122,8 @@ class ChatEngine:
         self.user_keys = user_keys
         self.history_token_budget = history_token_budget
         self.context_limits = dict(context_limits or {})
+        # Set when the server stops: turns cut by the grace period say "shutdown".
+        self.shutting_down = False
 
     def _route(self, turn: ChatTurn) -> Route:
         if turn.model_profile:
@@ -234,7 +236,7 @@ class ChatEngine:
         except BaseException as exc:  # cancelled, closed early, or the upstream failed
             if parts:
                 if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                    reason = "cancelled"
+                    reason = "shutdown" if self.shutting_down else "cancelled"
                 elif isinstance(exc, ByokError):
                     reason = f"upstream_error: {exc.reason}: {exc.message}"
                 else:

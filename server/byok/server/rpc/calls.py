@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from byok.server.errors import ByokError, Unauthenticated
+from byok.server.errors import ByokError, InvalidArgument, Unauthenticated
 from byok.server.rpc.errors import abort
 from byok.server.storage.base import DEFAULT_USER_ID
 
@@ -56,7 +56,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticate: Authenticate | None = None) -> None:
         self.authenticate = authenticate
 
-    async def _begin(self, context: Context) -> None:
+    async def _begin(self, request: Any, context: Context) -> None:
+        if isinstance(request, _Undecodable):
+            raise InvalidArgument(
+                f"the request is not a valid protobuf message ({request.reason})",
+                reason="MALFORMED_REQUEST",
+            )
         if self.authenticate is None:
             current_user.set(DEFAULT_USER_ID)
         else:
@@ -71,16 +76,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith("/byok."):
             return handler
+        deserialize = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -88,7 +94,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(self, behavior: Any, method: str) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:
             try:
-                await self._begin(context)
+                await self._begin(request, context)
                 return await behavior(request, context)
             except ByokError as error:
                 await abort(context, error)
@@ -102,7 +108,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_stream(self, behavior: Any, method: str) -> Any:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                await self._begin(context)
+                await self._begin(request, context)
                 async for item in behavior(request, context):
                     yield item
             except ByokError as error:
@@ -118,3 +124,24 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 async def _internal(context: Context, method: str) -> None:
     log.exception("unexpected error in %s", method)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the call can answer
+    INVALID_ARGUMENT with google.rpc details instead of grpc's bare INTERNAL."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError and friends
+            return _Undecodable(type(exc).__name__)
+
+    return parse
