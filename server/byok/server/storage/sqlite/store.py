@@ -27,7 +27,13 @@ from byok.server.conversations.model import (
     Usage,
     etag_of,
 )
-from byok.server.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument
+from byok.server.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from byok.server.filtering import Condition
 from byok.server.storage import migrations
 from byok.server.storage.base import ImportRecord, User
@@ -210,7 +216,9 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
                         request_id,
                     ),
                 )
-            except sqlite3.IntegrityError:
+            except sqlite3.IntegrityError as exc:
+                if "FOREIGN KEY" in str(exc):
+                    raise NotFound(f"no user {user_id!r}", reason="USER_NOT_FOUND") from None
                 raise AlreadyExists(
                     f"conversations/{conv.id} already exists",
                     reason="CONVERSATION_EXISTS",
@@ -726,7 +734,7 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
 
 def _query_error(exc: sqlite3.OperationalError) -> InvalidArgument:
     text = str(exc)
-    if "fts5" in text or "no such column" in text or "unterminated" in text:
+    if any(m in text for m in ("fts5", "no such column", "unterminated", "special query")):
         detail = text.removeprefix("fts5: ")
         return InvalidArgument.field(
             "query", f"is not a valid search query ({detail}); see docs/search.md"
