@@ -20,8 +20,10 @@ from byok.server.conversations.service import Conversations
 from byok.server.gateway.app import build_http_app
 from byok.server.gateway.server import EmbeddedServer, bind, build_server
 from byok.server.models.routing import RouteTable, RoutingConfig
+from byok.server.observability import Metrics, instrument_store, sqlite_size
 from byok.server.providers.base import Provider
 from byok.server.providers.registry import build_providers, close_all
+from byok.server.ratelimit import build_limiter
 from byok.server.rpc.server import GrpcServer, build_grpc_server
 from byok.server.services import service_bindings
 from byok.server.storage.sqlite import SqliteStore
@@ -37,6 +39,15 @@ class App:
         self.routing = routing if routing is not None else load_routing()
         self.providers: dict[str, Provider] = {}
         self.chat: ChatEngine | None = None
+        self.metrics = Metrics(db_size=sqlite_size(settings.database_path))
+        self.limiter = build_limiter(
+            settings.rate_limit_per_min,
+            settings.token_limit_per_min,
+            settings.use_redis,
+            settings.redis_url.get_secret_value(),
+            settings.rate_limit_fail_open,
+            self.metrics,
+        )
         self.store: SqliteStore | None = None
         self.grpc: GrpcServer | None = None
         self.http: EmbeddedServer | None = None
@@ -54,12 +65,13 @@ class App:
         self.store = await SqliteStore.open(
             s.database_path, busy_timeout_ms=s.sqlite_busy_timeout_ms
         )
+        store = instrument_store(self.store, self.metrics)
         try:
-            conversations = Conversations(self.store)
-            accounts = Accounts(self.store)
+            conversations = Conversations(store)
+            accounts = Accounts(store)
             master = s.master_key.get_secret_value() if s.master_key else None
             provider_keys = ProviderKeys(
-                self.store, parse_master_key(master) if master else None, self.routing.providers
+                store, parse_master_key(master) if master else None, self.routing.providers
             )
             self.providers = build_providers(self.routing, self._local_factory)
             chat = ChatEngine(
@@ -70,6 +82,8 @@ class App:
                 user_keys=provider_keys,
                 history_token_budget=s.context_token_budget,
                 context_limits={"local": s.local_model_context},
+                metrics=self.metrics,
+                limiter=self.limiter,
             )
 
             async def authenticate(key: str) -> str:
@@ -81,6 +95,8 @@ class App:
                 str(s.grpc_addr),
                 authenticate=authenticate if s.auth_mode == "keys" else None,
                 credentials=tls.server_credentials(s) if s.tls else None,
+                metrics=self.metrics,
+                limiter=self.limiter,
             )
             sock = bind(s.http_addr)
         except OSError:
@@ -158,6 +174,8 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._http_task
         await close_all(self.providers)
+        if self.limiter is not None:
+            await self.limiter.aclose()
         if self.store:
             await self.store.close()
         log.info("byok stopped")

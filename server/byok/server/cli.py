@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, NoReturn, TypeVar, cast
 
 import typer
 
@@ -18,6 +16,8 @@ from byok.server.accounts.provider_keys import new_master_key
 from byok.server.accounts.users import Accounts
 from byok.server.config import Settings, SettingsError, load_settings
 from byok.server.errors import ByokError
+from byok.server.observability import configure_logging
+from byok.server.observability.logs import LogFormat
 from byok.server.storage import migrations
 from byok.server.storage.accounts import ApiKeyRecord
 from byok.server.storage.sqlite import SqliteStore
@@ -61,19 +61,15 @@ def _settings(**overrides: object) -> Settings:
         _fail(str(exc))
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 @cli.command()
 def serve(grpc_addr: GrpcAddr = None, http_addr: HttpAddr = None, data_dir: DataDir = None) -> None:
     """Serve the gRPC API and the HTTP side until SIGTERM or Ctrl-C."""
     settings = _settings(grpc_addr=grpc_addr, http_addr=http_addr, data_dir=data_dir)
-    _setup_logging(settings.log_level)
+    configure_logging(
+        settings.log_level,
+        cast(LogFormat, settings.log_format),
+        log_content=settings.log_content,
+    )
     try:
         asyncio.run(app_module.App(settings).serve_until_signal())
     except OSError as exc:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import platformdirs
 from dotenv import dotenv_values
@@ -118,6 +119,23 @@ class Settings(BaseSettings):
         default=2048, ge=256, le=131_072, validation_alias=AliasChoices("LOCAL_MODEL_CONTEXT")
     )
 
+    log_format: str = Field(default="auto", validation_alias=AliasChoices("BYOK_LOG_FORMAT"))
+    log_content: bool = Field(default=False, validation_alias=AliasChoices("LOG_CONTENT"))
+    rate_limit_per_min: int = Field(
+        default=0, ge=0, le=1_000_000, validation_alias=AliasChoices("RATE_LIMIT_PER_MIN")
+    )
+    token_limit_per_min: int = Field(
+        default=0, ge=0, le=10**9, validation_alias=AliasChoices("TOKEN_LIMIT_PER_MIN")
+    )
+    use_redis: bool = Field(default=False, validation_alias=AliasChoices("USE_REDIS"))
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        validation_alias=AliasChoices("REDIS_URL"),
+        repr=False,
+    )
+    rate_limit_fail_open: bool = Field(
+        default=True, validation_alias=AliasChoices("RATE_LIMIT_FAIL_OPEN")
+    )
     auth_mode: str = Field(default="local", validation_alias=AliasChoices("AUTH_MODE"))
     allow_insecure: bool = Field(default=False, validation_alias=AliasChoices("ALLOW_INSECURE"))
     tls_cert: Path | None = Field(default=None, validation_alias=AliasChoices("BYOK_TLS_CERT"))
@@ -125,6 +143,23 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("BYOK_MASTER_KEY"), repr=False
     )
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        fmt = value.strip().lower()
+        if fmt not in {"auto", "json", "text"}:
+            raise ValueError(f"{value!r} is not auto, json or text")
+        return fmt
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        url = urlsplit(value.get_secret_value())
+        if url.scheme not in {"redis", "rediss", "unix"} or not (url.hostname or url.path):
+            # never echo the value: it may hold a password
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("auth_mode")
     @classmethod

@@ -22,6 +22,7 @@ from byok.server.conversations.service import Conversations, check_content, chec
 from byok.server.errors import ByokError, FailedPrecondition, InvalidArgument, Unimplemented
 from byok.server.ids import new_id
 from byok.server.models.routing import Route, RouteTable
+from byok.server.observability import Metrics
 from byok.server.providers.base import (
     ChatMessage,
     Provider,
@@ -30,6 +31,7 @@ from byok.server.providers.base import (
     StreamEvent,
     TextDelta,
 )
+from byok.server.ratelimit import RateLimiter, raise_if_refused
 
 HISTORY_LIMIT = 10_000
 _ROLE_NAMES = {
@@ -114,6 +116,8 @@ class ChatEngine:
         user_keys: ProviderKeys | None = None,
         history_token_budget: int = 6000,
         context_limits: Mapping[str, int] | None = None,
+        metrics: Metrics | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.conversations = conversations
         self.routes = routes
@@ -122,6 +126,8 @@ class ChatEngine:
         self.user_keys = user_keys
         self.history_token_budget = history_token_budget
         self.context_limits = dict(context_limits or {})
+        self.metrics = metrics or Metrics(process=False)
+        self.limiter = limiter
         # Set when the server stops: turns cut by the grace period say "shutdown".
         self.shutting_down = False
 
@@ -162,6 +168,8 @@ class ChatEngine:
         route = self._route(turn)
         provider = self.providers[route.provider]
         api_key = await self._key(turn.user_id, route)
+        if self.limiter is not None:
+            raise_if_refused(await self.limiter.check_tokens(turn.user_id), "tokens")
 
         created = not turn.conversation
         if created:
@@ -214,60 +222,69 @@ class ChatEngine:
         first_token: float | None = None
         end: StreamEnd | None = None
         completion_tokens = 0
-        try:
-            stream = provider.stream(route.model_id, upstream, params, api_key=api_key)
-            async with contextlib.aclosing(
-                cast(AsyncGenerator[StreamEvent, None], stream)
-            ) as events:
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        if first_token is None:
-                            first_token = time.perf_counter()
-                        parts.append(event.text)
-                        yield Delta(event.text)
-                        if params.max_tokens is not None:
-                            # An upstream that ignores max_tokens is cut off here.
-                            completion_tokens += tokens.count_tokens(event.text)
-                            if completion_tokens >= params.max_tokens + 16:
-                                end = StreamEnd("length")
-                                break
+        with self.metrics.llm_turn(route.key, route.model_id, route.provider) as measured:
+            try:
+                measured.upstream_sent()
+                stream = provider.stream(route.model_id, upstream, params, api_key=api_key)
+                async with contextlib.aclosing(
+                    cast(AsyncGenerator[StreamEvent, None], stream)
+                ) as events:
+                    async for event in events:
+                        if isinstance(event, TextDelta):
+                            if first_token is None:
+                                first_token = time.perf_counter()
+                                measured.first_token()
+                            parts.append(event.text)
+                            yield Delta(event.text)
+                            if params.max_tokens is not None:
+                                # An upstream that ignores max_tokens is cut off here.
+                                completion_tokens += tokens.count_tokens(event.text)
+                                if completion_tokens >= params.max_tokens + 16:
+                                    end = StreamEnd("length")
+                                    break
+                        else:
+                            end = event
+                measured.upstream_done()
+            except BaseException as exc:  # cancelled, closed early, or the upstream failed
+                if parts:
+                    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                        reason = "shutdown" if self.shutting_down else "cancelled"
+                    elif isinstance(exc, ByokError):
+                        reason = f"upstream_error: {exc.reason}: {exc.message}"
                     else:
-                        end = event
-        except BaseException as exc:  # cancelled, closed early, or the upstream failed
-            if parts:
-                if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                    reason = "shutdown" if self.shutting_down else "cancelled"
-                elif isinstance(exc, ByokError):
-                    reason = f"upstream_error: {exc.reason}: {exc.message}"
-                else:
-                    reason = f"error: {type(exc).__name__}"
-                await asyncio.shield(
-                    self._store_reply(
-                        turn,
-                        conv,
-                        route,
-                        upstream,
-                        parts,
-                        started,
-                        first_token,
-                        StreamEnd("incomplete"),
-                        MessageStatus.INCOMPLETE,
-                        reason,
+                        reason = f"error: {type(exc).__name__}"
+                    stored = await asyncio.shield(
+                        self._store_reply(
+                            turn,
+                            conv,
+                            route,
+                            upstream,
+                            parts,
+                            started,
+                            first_token,
+                            StreamEnd("incomplete"),
+                            MessageStatus.INCOMPLETE,
+                            reason,
+                        )
                     )
-                )
-            raise
-        reply = await self._store_reply(
-            turn,
-            conv,
-            route,
-            upstream,
-            parts,
-            started,
-            first_token,
-            end or StreamEnd("stop"),
-            MessageStatus.COMPLETE,
-            "",
-        )
+                    measured.tokens(stored.usage.prompt_tokens, stored.usage.completion_tokens)
+                raise
+            reply = await self._store_reply(
+                turn,
+                conv,
+                route,
+                upstream,
+                parts,
+                started,
+                first_token,
+                end or StreamEnd("stop"),
+                MessageStatus.COMPLETE,
+                "",
+            )
+            measured.finish(
+                input_tokens=reply.usage.prompt_tokens,
+                output_tokens=reply.usage.completion_tokens,
+            )
         yield UsageReport(reply.usage.prompt_tokens, reply.usage.completion_tokens)
         yield Done(reply)
 
@@ -322,6 +339,8 @@ class ChatEngine:
             finish_reason=end.finish_reason,
         )
         stored = await self.conversations.store.append_messages(turn.user_id, conv.id, [message])
+        if self.limiter is not None:
+            await self.limiter.add_tokens(turn.user_id, prompt_tokens + completion_tokens)
         return stored[0] if stored else replace(message)
 
 

@@ -40,6 +40,7 @@ def build_server(
         ssl_certfile=ssl[0] if ssl else None,
         ssl_keyfile=ssl[1] if ssl else None,
         lifespan="off",
+        log_config=None,  # byok's logging setup (observability/logs.py) applies
         log_level=log_level.lower(),
         access_log=False,
         server_header=False,

@@ -17,6 +17,14 @@ from typing import Any
 import grpc
 
 from byok.server.errors import ByokError, InvalidArgument, Unauthenticated
+from byok.server.observability import (
+    Metrics,
+    begin_rpc,
+    current_log_user,
+    request_id_from_metadata,
+    status_of,
+)
+from byok.server.ratelimit import RateLimiter, raise_if_refused
 from byok.server.rpc.errors import abort
 from byok.server.storage.base import DEFAULT_USER_ID
 
@@ -53,8 +61,16 @@ def bearer_key(context: Context) -> str:
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """`authenticate` None means local mode: every call is the implicit local user."""
 
-    def __init__(self, authenticate: Authenticate | None = None) -> None:
+    def __init__(
+        self,
+        authenticate: Authenticate | None = None,
+        *,
+        metrics: Metrics | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.authenticate = authenticate
+        self.metrics = metrics
+        self.limiter = limiter
 
     async def _begin(self, request: Any, context: Context) -> None:
         if isinstance(request, _Undecodable):
@@ -66,6 +82,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             current_user.set(DEFAULT_USER_ID)
         else:
             current_user.set(await self.authenticate(bearer_key(context)))
+        current_log_user.set(current_user.get())
+        if self.limiter is not None:
+            raise_if_refused(await self.limiter.take_request(current_user.get()), "requests")
 
     async def intercept_service(
         self,
@@ -93,32 +112,59 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, behavior: Any, method: str) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:
+            call = begin_rpc(self.metrics, method, "unary", _request_id(context))
+            error: BaseException | None = None
             try:
                 await self._begin(request, context)
-                return await behavior(request, context)
-            except ByokError as error:
-                await abort(context, error)
-            except (grpc.aio.AbortError, grpc.aio.UsageError):
+                response = await behavior(request, context)
+                call.message_sent()
+                return response
+            except ByokError as exc:
+                error = exc
+                await abort(context, exc)
+            except (grpc.aio.AbortError, grpc.aio.UsageError) as exc:
+                error = exc
                 raise
-            except Exception:
+            except Exception as exc:
+                error = exc
                 await _internal(context, method)
+            except BaseException as exc:  # cancelled: the caller went away
+                error = exc
+                raise
+            finally:
+                call.finish(status_of(error, context), current_user.get())
 
         return wrapper
 
     def _wrap_stream(self, behavior: Any, method: str) -> Any:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
+            call = begin_rpc(self.metrics, method, "server_stream", _request_id(context))
+            error: BaseException | None = None
             try:
                 await self._begin(request, context)
                 async for item in behavior(request, context):
                     yield item
-            except ByokError as error:
-                await abort(context, error)
-            except (grpc.aio.AbortError, grpc.aio.UsageError):
+                    call.message_sent()
+            except ByokError as exc:
+                error = exc
+                await abort(context, exc)
+            except (grpc.aio.AbortError, grpc.aio.UsageError) as exc:
+                error = exc
                 raise
-            except Exception:
+            except Exception as exc:
+                error = exc
                 await _internal(context, method)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.finish(status_of(error, context), current_user.get())
 
         return wrapper
+
+
+def _request_id(context: Context) -> str | None:
+    return request_id_from_metadata(context.invocation_metadata())
 
 
 async def _internal(context: Context, method: str) -> None:

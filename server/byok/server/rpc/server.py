@@ -10,6 +10,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from byok.server.observability import Metrics
+from byok.server.ratelimit import RateLimiter
 from byok.server.rpc.calls import Authenticate, CallInterceptor
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -42,9 +44,11 @@ def build_grpc_server(
     *,
     authenticate: Authenticate | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    metrics: Metrics | None = None,
+    limiter: RateLimiter | None = None,
 ) -> GrpcServer:
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(authenticate)],
+        interceptors=[CallInterceptor(authenticate, metrics=metrics, limiter=limiter)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
