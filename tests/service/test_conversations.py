@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from byok.v1 import conversations_pb2 as pb
-from byok.v1 import conversations_pb2_grpc
+from byok.v1 import conversations_pb2_grpc, spaces_pb2, spaces_pb2_grpc
 from tests.support.rpc import rpc_error
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -198,7 +198,10 @@ async def test_conversation_list_walk_no_loss_no_repeat_with_inserts(stub: Stub)
     assert err.violations[0][0] == "page_token"
 
 
-async def test_list_filters(stub: Stub) -> None:
+async def test_list_filters(stub: Stub, channel: grpc.aio.Channel) -> None:
+    await spaces_pb2_grpc.SpaceServiceStub(channel).CreateSpace(
+        spaces_pb2.CreateSpaceRequest(space=spaces_pb2.Space(display_name="Work"), space_id="work")
+    )
     a = await new_thread(stub, "a", pinned=True, space="spaces/work")
     b = await new_thread(stub, "b", archived=True)
     c = await new_thread(stub, "c")

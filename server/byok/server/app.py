@@ -19,13 +19,17 @@ from byok.server.config import Settings, load_routing
 from byok.server.conversations.service import Conversations
 from byok.server.gateway.app import build_http_app
 from byok.server.gateway.server import EmbeddedServer, bind, build_server
+from byok.server.models.catalog import ModelCatalog
+from byok.server.models.profiles import ModelProfiles
 from byok.server.models.routing import RouteTable, RoutingConfig
+from byok.server.models.stats import LiveStats
 from byok.server.observability import Metrics, instrument_store, sqlite_size
 from byok.server.providers.base import Provider
 from byok.server.providers.registry import build_providers, close_all
 from byok.server.ratelimit import build_limiter
 from byok.server.rpc.server import GrpcServer, build_grpc_server
 from byok.server.services import service_bindings
+from byok.server.spaces.service import Spaces
 from byok.server.storage.sqlite import SqliteStore
 
 log = logging.getLogger("byok.server")
@@ -67,7 +71,17 @@ class App:
         )
         store = instrument_store(self.store, self.metrics)
         try:
-            conversations = Conversations(store)
+            conversations = Conversations(store, workspace=store)
+            routes = RouteTable(self.routing)
+            stats = LiveStats()
+            catalog = ModelCatalog(
+                routes,
+                stats,
+                local_model_path=s.local_model_path,
+                local_context=s.local_model_context,
+            )
+            profiles = ModelProfiles(store, routes)
+            spaces = Spaces(store)
             accounts = Accounts(store)
             master = s.master_key.get_secret_value() if s.master_key else None
             provider_keys = ProviderKeys(
@@ -76,10 +90,12 @@ class App:
             self.providers = build_providers(self.routing, self._local_factory)
             chat = ChatEngine(
                 conversations,
-                RouteTable(self.routing),
+                routes,
                 self.providers,
                 {name: p.api_key for name, p in self.routing.providers.items()},
                 user_keys=provider_keys,
+                workspace=store,
+                stats=stats,
                 history_token_budget=s.context_token_budget,
                 context_limits={"local": s.local_model_context},
                 metrics=self.metrics,
@@ -91,7 +107,7 @@ class App:
 
             self.chat = chat
             self.grpc = build_grpc_server(
-                service_bindings(conversations, chat, provider_keys),
+                service_bindings(conversations, chat, provider_keys, catalog, profiles, spaces),
                 str(s.grpc_addr),
                 authenticate=authenticate if s.auth_mode == "keys" else None,
                 credentials=tls.server_credentials(s) if s.tls else None,

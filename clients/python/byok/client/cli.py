@@ -34,6 +34,7 @@ from byok.client.client import (
     conversation_name,
 )
 from byok.client.errors import ByokError
+from byok.client.workspace_cli import register as register_workspace
 from byok.v1 import conversations_pb2
 
 START_HINT = "is it running? start it with: make run"
@@ -51,6 +52,7 @@ conversations_app = typer.Typer(
 )
 app.add_typer(conversations_app, name="conversations")
 app.add_typer(conversations_app, name="conv", hidden=True)
+register_workspace(app)  # byok models|profiles|spaces
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine output: JSON on stdout.")]
 Target = Annotated[str, typer.Argument(help="Conversation id or name (conversations/<id>).")]

@@ -18,10 +18,17 @@ from typing import cast
 from byok.server.accounts.provider_keys import ProviderKeys
 from byok.server.chat import tokens
 from byok.server.conversations.model import Conversation, Message, MessageStatus, Role, Usage
-from byok.server.conversations.service import Conversations, check_content, check_title
+from byok.server.conversations.service import (
+    Conversations,
+    check_content,
+    check_title,
+    space_id_of,
+)
 from byok.server.errors import ByokError, FailedPrecondition, InvalidArgument, Unimplemented
 from byok.server.ids import new_id
+from byok.server.models import profiles
 from byok.server.models.routing import Route, RouteTable
+from byok.server.models.stats import LiveStats
 from byok.server.observability import Metrics
 from byok.server.providers.base import (
     ChatMessage,
@@ -32,6 +39,7 @@ from byok.server.providers.base import (
     TextDelta,
 )
 from byok.server.ratelimit import RateLimiter, raise_if_refused
+from byok.server.storage.workspace import WorkspaceStore
 
 HISTORY_LIMIT = 10_000
 _ROLE_NAMES = {
@@ -114,6 +122,8 @@ class ChatEngine:
         server_keys: Mapping[str, str | None],
         *,
         user_keys: ProviderKeys | None = None,
+        workspace: WorkspaceStore | None = None,
+        stats: LiveStats | None = None,
         history_token_budget: int = 6000,
         context_limits: Mapping[str, int] | None = None,
         metrics: Metrics | None = None,
@@ -124,6 +134,8 @@ class ChatEngine:
         self.providers = providers
         self.server_keys = server_keys
         self.user_keys = user_keys
+        self.workspace = workspace
+        self.stats = stats
         self.history_token_budget = history_token_budget
         self.context_limits = dict(context_limits or {})
         self.metrics = metrics or Metrics(process=False)
@@ -131,15 +143,25 @@ class ChatEngine:
         # Set when the server stops: turns cut by the grace period say "shutdown".
         self.shutting_down = False
 
-    def _route(self, turn: ChatTurn) -> Route:
-        if turn.model_profile:
-            raise Unimplemented(
-                "model profiles are not available yet; name a route with model_key",
-                reason="PROFILES_UNAVAILABLE",
+    async def _route(self, turn: ChatTurn, space_id: str) -> tuple[Route, GenerationOverrides]:
+        """The turn's route and parameters: a named profile (or, when the turn names
+        no route, its space's default profile) under the request's own params."""
+        profile = None
+        if self.workspace is not None:
+            profile = await profiles.resolve_profile(
+                self.workspace,
+                turn.user_id,
+                turn.model_profile,
+                space_id,
+                model_key=turn.model_key,
+                space_required=not turn.conversation,
             )
-        route = self.routes.resolve(turn.model_key or None)
-        self.routes.check_allowed(route)
-        return route
+        elif turn.model_profile:
+            raise Unimplemented(
+                "model profiles need a workspace store", reason="PROFILES_UNAVAILABLE"
+            )
+        route = profiles.route_for(self.routes, turn.model_key, profile)
+        return route, profiles.merge_params(profile.params if profile else None, turn.params)
 
     async def _key(self, user_id: str, route: Route) -> str | None:
         """The caller's own key for the provider first, then the server's (None: the
@@ -165,22 +187,27 @@ class ChatEngine:
         check_content(turn.content)
         check_title(turn.title)
         check_params(turn.params)
-        route = self._route(turn)
+        existing = None
+        space_id = space_id_of(turn.space)
+        if turn.conversation:
+            existing = await self.conversations.get(turn.user_id, turn.conversation, full=False)
+            space_id = existing.space_id
+        route, gen = await self._route(turn, space_id)
         provider = self.providers[route.provider]
         api_key = await self._key(turn.user_id, route)
         if self.limiter is not None:
             raise_if_refused(await self.limiter.check_tokens(turn.user_id), "tokens")
 
-        created = not turn.conversation
-        if created:
+        created = existing is None
+        history: list[Message] = []
+        if existing is None:
             conv = await self.conversations.create(
                 turn.user_id,
                 title=turn.title or _title_from(turn.content),
                 space=turn.space,
             )
-            history: list[Message] = []
         else:
-            conv = await self.conversations.get(turn.user_id, turn.conversation, full=False)
+            conv = existing
             history = await self._history(turn.user_id, conv)
         # Stored before the upstream is called: an acknowledged message is never lost.
         user_message = await self.conversations.append(
@@ -190,19 +217,17 @@ class ChatEngine:
         )
         yield Started(conv, created, user_message, route)
 
-        system = (
-            ChatMessage("system", turn.params.system_prompt) if turn.params.system_prompt else None
-        )
+        system = ChatMessage("system", gen.system_prompt) if gen.system_prompt else None
         upstream = tokens.trim_history(
             system,
             [*_chat_messages(history), ChatMessage("user", turn.content)],
-            self._budget(route, turn.params),
+            self._budget(route, gen),
         )
         params = SamplingParams(
-            temperature=turn.params.temperature,
-            top_p=turn.params.top_p,
-            max_tokens=turn.params.max_tokens,
-            stop=turn.params.stop,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            max_tokens=gen.max_tokens,
+            stop=gen.stop,
         )
         async for event in self._relay(turn, conv, route, provider, api_key, upstream, params):
             yield event
@@ -246,6 +271,17 @@ class ChatEngine:
                             end = event
                 measured.upstream_done()
             except BaseException as exc:  # cancelled, closed early, or the upstream failed
+                if self.stats is not None and not isinstance(
+                    exc, asyncio.CancelledError | GeneratorExit
+                ):
+                    failed = time.perf_counter()
+                    self.stats.record_turn(
+                        route.key,
+                        failed - started,
+                        (first_token or failed) - started,
+                        tokens.count_tokens("".join(parts)),
+                        error=True,
+                    )
                 if parts:
                     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
                         reason = "shutdown" if self.shutting_down else "cancelled"
@@ -284,6 +320,14 @@ class ChatEngine:
             measured.finish(
                 input_tokens=reply.usage.prompt_tokens,
                 output_tokens=reply.usage.completion_tokens,
+            )
+        if self.stats is not None:
+            self.stats.record_turn(
+                route.key,
+                reply.latency_us / 1e6,
+                reply.ttft_us / 1e6,
+                reply.usage.completion_tokens,
+                error=False,
             )
         yield UsageReport(reply.usage.prompt_tokens, reply.usage.completion_tokens)
         yield Done(reply)

@@ -19,6 +19,7 @@ from byok.server.errors import InvalidArgument, NotFound
 from byok.server.filtering import EQUALITY, ORDERING, FieldSpec, Kind
 from byok.server.ids import check_caller_id, new_id, parse_name
 from byok.server.storage.base import ImportRecord, Store
+from byok.server.storage.workspace import WorkspaceStore
 
 MAX_TITLE = 512
 MAX_METADATA_ENTRIES = 64
@@ -110,8 +111,9 @@ class ImportResult:
 class Conversations:
     """The ConversationService use cases, for one store."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, workspace: WorkspaceStore | None = None):
         self.store = store
+        self.workspace = workspace
         # Ranked relevance windows by query and snapshot, oldest evicted first.
         self._rankings: dict[tuple[str, ...] | tuple[Any, ...], list[tuple[int, float]]] = {}
 
@@ -125,6 +127,17 @@ class Conversations:
     def message_ids(name: str, field_name: str = "name") -> tuple[str, str]:
         conv, msg = parse_name(name, "conversations", "messages", field=field_name)
         return conv, msg
+
+    async def _existing_space(self, user_id: str, space: str, field_name: str) -> str:
+        """`spaces/{id}` → id, NOT_FOUND unless the user has that space; "" stays ""."""
+        space_id = space_id_of(space, field_name)
+        if (
+            space_id
+            and self.workspace is not None
+            and not await self.workspace.space_exists(user_id, space_id)
+        ):
+            raise NotFound.resource(space)
+        return space_id
 
     # -- threads ------------------------------------------------------------------
 
@@ -144,7 +157,7 @@ class Conversations:
             id=check_caller_id("conversation_id", conversation_id) if conversation_id else new_id(),
             title=check_title(title, "conversation.title"),
             metadata=check_metadata(metadata or {}, "conversation.metadata"),
-            space_id=space_id_of(space, "conversation.space"),
+            space_id=await self._existing_space(user_id, space, "conversation.space"),
             pinned=pinned,
             archived=archived,
         )
@@ -228,7 +241,9 @@ class Conversations:
             elif path == "metadata":
                 changes["metadata"] = check_metadata(value or {}, "conversation.metadata")
             elif path == "space":
-                changes["space_id"] = space_id_of(str(value or ""), "conversation.space")
+                changes["space_id"] = await self._existing_space(
+                    user_id, str(value or ""), "conversation.space"
+                )
             else:
                 changes[path] = bool(value)
         conv = await self.store.update_conversation(
@@ -451,7 +466,7 @@ class Conversations:
         fmt: Literal["auto", "byok", "chatgpt"] = "auto",
         space: str = "",
     ) -> ImportResult:
-        space_id = space_id_of(space)
+        space_id = await self._existing_space(user_id, space, "space")
         # Validates the whole file (CPU-bound, so off the event loop) before writing anything.
         records = await asyncio.to_thread(exchange.parse_import, data, fmt)
         result = ImportResult()

@@ -13,10 +13,15 @@ import grpc
 from byok.server.accounts.provider_keys import ProviderKeys
 from byok.server.chat.engine import ChatEngine
 from byok.server.conversations.service import Conversations
+from byok.server.models.catalog import ModelCatalog
+from byok.server.models.profiles import ModelProfiles
 from byok.server.rpc.server import ServiceBinding
 from byok.server.services.chat import ChatServicer
 from byok.server.services.conversations import ConversationServicer
+from byok.server.services.models import ModelServicer
 from byok.server.services.provider_keys import ProviderKeysMixin
+from byok.server.services.spaces import SpaceServicer
+from byok.server.spaces.service import Spaces
 from byok.v1 import (
     chat_pb2,
     chat_pb2_grpc,
@@ -58,8 +63,21 @@ def unimplemented_class(pb2: Any, pb2_grpc: Any, service: str) -> type:
     return type(f"Unimplemented{service}", (base,), methods)
 
 
+class _ModelServicer(ProviderKeysMixin, ModelServicer):
+    def __init__(
+        self, catalog: ModelCatalog, profiles: ModelProfiles, provider_keys: ProviderKeys
+    ) -> None:
+        super().__init__(catalog, profiles)
+        self.provider_keys = provider_keys
+
+
 def service_bindings(
-    conversations: Conversations, chat: ChatEngine, provider_keys: ProviderKeys
+    conversations: Conversations,
+    chat: ChatEngine,
+    provider_keys: ProviderKeys,
+    catalog: ModelCatalog,
+    profiles: ModelProfiles,
+    spaces: Spaces,
 ) -> list[ServiceBinding]:
     return [
         binding(
@@ -73,14 +91,7 @@ def service_bindings(
             models_pb2,
             models_pb2_grpc,
             "ModelService",
-            type(
-                "ModelServicer",
-                (
-                    ProviderKeysMixin,
-                    unimplemented_class(models_pb2, models_pb2_grpc, "ModelService"),
-                ),
-                {"provider_keys": provider_keys},
-            )(),
+            _ModelServicer(catalog, profiles, provider_keys),
         ),
-        unimplemented(spaces_pb2, spaces_pb2_grpc, "SpaceService"),
+        binding(spaces_pb2, spaces_pb2_grpc, "SpaceService", SpaceServicer(spaces)),
     ]

@@ -1,0 +1,1 @@
+"""Spaces: workspaces that group conversations and model profiles."""
