@@ -30,7 +30,7 @@ from byok.server.ratelimit import build_limiter
 from byok.server.rpc.server import GrpcServer, build_grpc_server
 from byok.server.services import service_bindings
 from byok.server.spaces.service import Spaces
-from byok.server.storage.sqlite import SqliteStore
+from byok.server.storage import FullStore, open_store
 
 log = logging.getLogger("byok.server")
 
@@ -43,7 +43,9 @@ class App:
         self.routing = routing if routing is not None else load_routing()
         self.providers: dict[str, Provider] = {}
         self.chat: ChatEngine | None = None
-        self.metrics = Metrics(db_size=sqlite_size(settings.database_path))
+        self.metrics = Metrics(
+            db_size=None if settings.database_url else sqlite_size(settings.database_path)
+        )
         self.limiter = build_limiter(
             settings.rate_limit_per_min,
             settings.token_limit_per_min,
@@ -52,7 +54,7 @@ class App:
             settings.rate_limit_fail_open,
             self.metrics,
         )
-        self.store: SqliteStore | None = None
+        self.store: FullStore | None = None
         self.grpc: GrpcServer | None = None
         self.http: EmbeddedServer | None = None
         self.http_port = 0
@@ -66,9 +68,7 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
-        self.store = await SqliteStore.open(
-            s.database_path, busy_timeout_ms=s.sqlite_busy_timeout_ms
-        )
+        self.store = await open_store(s)
         store = instrument_store(self.store, self.metrics)
         try:
             conversations = Conversations(store, workspace=store)

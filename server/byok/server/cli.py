@@ -18,9 +18,8 @@ from byok.server.config import Settings, SettingsError, load_settings
 from byok.server.errors import ByokError
 from byok.server.observability import configure_logging
 from byok.server.observability.logs import LogFormat
-from byok.server.storage import migrations
+from byok.server.storage import migrations, open_store
 from byok.server.storage.accounts import ApiKeyRecord
-from byok.server.storage.sqlite import SqliteStore
 
 T = TypeVar("T")
 
@@ -79,7 +78,10 @@ def serve(grpc_addr: GrpcAddr = None, http_addr: HttpAddr = None, data_dir: Data
 
 
 def _db_url(data_dir: Path | None) -> str:
+    """BYOK_DATABASE_URL when set, else the SQLite file in the data folder."""
     settings = _settings(data_dir=data_dir)
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return migrations.sqlite_url(settings.database_path)
 
@@ -132,9 +134,7 @@ def _accounts(data_dir: Path | None, action: Callable[[Accounts], Awaitable[T]])
     settings = _settings(data_dir=data_dir)
 
     async def run() -> T:
-        store = await SqliteStore.open(
-            settings.database_path, busy_timeout_ms=settings.sqlite_busy_timeout_ms
-        )
+        store = await open_store(settings)
         try:
             return await action(Accounts(store))
         finally:

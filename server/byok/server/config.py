@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default_factory=default_data_dir, validation_alias=AliasChoices("BYOK_DATA_DIR")
     )
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("BYOK_DATABASE_URL"), repr=False
+    )
     shutdown_grace_seconds: float = Field(
         default=10.0, ge=0, le=3600, validation_alias=AliasChoices("BYOK_SHUTDOWN_GRACE_SECONDS")
     )
@@ -151,6 +154,17 @@ class Settings(BaseSettings):
         if fmt not in {"auto", "json", "text"}:
             raise ValueError(f"{value!r} is not auto, json or text")
         return fmt
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        url = urlsplit(value.get_secret_value())
+        if url.scheme not in {"postgresql", "postgres", "postgresql+psycopg"} or not url.path:
+            # never echo the value: it may hold a password
+            raise ValueError("must be a postgresql://user@host:port/database URL (or unset)")
+        return value
 
     @field_validator("redis_url")
     @classmethod
