@@ -16,6 +16,7 @@ generate() { # $1: output root
     --plugin=protoc-gen-mypy_grpc="$bin/protoc-gen-mypy_grpc" \
     --python_out="$out/python" --grpc_python_out="$out/python" \
     --mypy_out=quiet:"$out/python" --mypy_grpc_out=quiet:"$out/python" \
+    --include_source_info --descriptor_set_out="$out/python/byok/v1/byok_v1.binpb" \
     "${protos[@]}"
   cp gen/README.md "$out/README.md" 2>/dev/null || true
 }

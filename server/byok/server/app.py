@@ -11,9 +11,12 @@ import contextlib
 import logging
 import signal
 
+from starlette.applications import Starlette
+
 from byok.server import tls
 from byok.server.accounts.provider_keys import ProviderKeys, parse_master_key
 from byok.server.accounts.users import Accounts
+from byok.server.chat import tokens
 from byok.server.chat.engine import ChatEngine
 from byok.server.config import Settings, load_routing
 from byok.server.conversations.service import Conversations
@@ -57,6 +60,7 @@ class App:
         self.store: FullStore | None = None
         self.grpc: GrpcServer | None = None
         self.http: EmbeddedServer | None = None
+        self.http_app: Starlette | None = None
         self.http_port = 0
         self._http_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -69,6 +73,8 @@ class App:
     async def start(self) -> None:
         s = self.settings
         self.store = await open_store(s)
+        # The tokenizer takes ~2 s to load: pay it now, not inside the first turn.
+        await asyncio.to_thread(tokens.load_encoding)
         store = instrument_store(self.store, self.metrics)
         try:
             conversations = Conversations(store, workspace=store)
@@ -130,8 +136,15 @@ class App:
         self.http_port = sock.getsockname()[1]
         await self.grpc.server.start()
         await self.grpc.set_serving()
+        self.http_app = build_http_app(
+            self._readiness,
+            f"127.0.0.1:{self.grpc_port}",
+            heartbeat_seconds=s.sse_heartbeat_seconds,
+            grpc_credentials=tls.channel_credentials(s) if s.tls else None,
+            metrics=self.metrics,
+        )
         self.http = build_server(
-            build_http_app(self._readiness), s.log_level, ssl=tls.uvicorn_ssl(s) if s.tls else None
+            self.http_app, s.log_level, ssl=tls.uvicorn_ssl(s) if s.tls else None
         )
         self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]))
         while not self.http.started:
@@ -189,6 +202,8 @@ class App:
             self.http.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await self._http_task
+            if self.http_app is not None and self.http_app.state.gateway is not None:
+                await self.http_app.state.gateway.aclose()
         await close_all(self.providers)
         if self.limiter is not None:
             await self.limiter.aclose()

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
         default=2048, ge=256, le=131_072, validation_alias=AliasChoices("LOCAL_MODEL_CONTEXT")
     )
 
+    sse_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, le=3600, validation_alias=AliasChoices("SSE_HEARTBEAT_SECONDS")
+    )
     log_format: str = Field(default="auto", validation_alias=AliasChoices("BYOK_LOG_FORMAT"))
     log_content: bool = Field(default=False, validation_alias=AliasChoices("LOG_CONTENT"))
     rate_limit_per_min: int = Field(

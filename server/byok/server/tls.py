@@ -17,3 +17,9 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
 def uvicorn_ssl(settings: Settings) -> tuple[str, str]:
     assert settings.tls_cert is not None and settings.tls_key is not None
     return str(settings.tls_cert), str(settings.tls_key)
+
+
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials:
+    """For the gateway's local channel to the gRPC door: trusts the server's own cert."""
+    assert settings.tls_cert is not None
+    return grpc.ssl_channel_credentials(root_certificates=settings.tls_cert.read_bytes())

@@ -1,0 +1,1366 @@
+"""Chat overhead benchmark: a streamed turn through byok against the same upstream direct.
+
+Run by hand (not part of the test suite):
+
+    .venv/bin/python bench/chat_overhead.py [--turns 200,2000] [--concurrency 1,32]
+        [--chunks 20] [--delay-ms 5] [--json FILE] [--profile FILE]
+
+Three processes: a scripted OpenAI-compatible upstream (this file, `--serve-upstream`:
+raw ASGI on uvicorn, `chunks` content chunks with `delay_ms` before each, OpenAI's chunk
+format, a usage chunk, `[DONE]`), `byok-server serve` (gRPC, persistence on, SQLite in
+a temp dir, routed to the upstream) and this client. The client runs, interleaved, the
+same turn three ways: the openai SDK `chat.completions.create(stream=True)` straight to
+the upstream, a raw httpx SSE client straight to the upstream, and gRPC StreamChat
+through byok. At concurrency 1 the three alternate turn by turn; at higher concurrency
+they alternate in blocks of `concurrency * 8` turns with `concurrency` turns in flight.
+
+Figures: TTFT (request sent -> first non-empty text delta), total time (-> end of the
+stream), the gaps between deltas, byok's added time (byok minus direct, p50/p99), byok
+turns/s, and CPU seconds per turn of the byok server, the upstream and the client
+(utime+stime from /proc/<pid>/stat; the client from time.process_time()).
+
+A last phase answers "lean SSE parser or the SDK's parsed stream?": client-side loops
+against the upstream with no delay, SDK parsed stream vs SDK raw response + the
+provider's lean parser vs httpx + lean parser, requests/s and client CPU per request.
+
+`--profile FILE` adds a run of the concurrency-32 byok load against a second byok
+server running under cProfile and prints where its main thread's time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import os
+import platform
+import pstats
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+SELF = Path(__file__).resolve()
+API_KEY = "sk-bench-0123456789abcdef"
+MODEL = "gpt-4o-mini"
+ROUTE = "fast"
+KINDS = ("sdk", "httpx", "byok")
+LABELS = {"sdk": "openai SDK direct", "httpx": "httpx SSE direct", "byok": "byok (gRPC)"}
+TARGETS = {"ttft_p50": 2.0, "ttft_p99": 5.0, "rate": 250.0, "gap_ms": 0.5, "bunched_pp": 2.0}
+BLOCK_PER_WORKER = 8  # turns each worker runs in one block at concurrency > 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+_SPEC = re.compile(r"chunks=(\d+)\s+delay_ms=([0-9.]+)")
+_HARD = {"deadline": float("inf")}  # --max-seconds: no new turn starts after it
+
+
+def out_of_time() -> bool:
+    return time.monotonic() > _HARD["deadline"]
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """Percentile with linear interpolation (q in 0..100)."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+# -- the upstream (its own process) -----------------------------------------------------
+
+
+def serve_upstream(port: int, chunks: int, delay_ms: float) -> None:
+    """A minimal OpenAI-compatible streaming upstream: raw ASGI on uvicorn (h11).
+
+    The last user message may say `chunks=N delay_ms=D` to override the defaults, so
+    byok (which forwards only the messages) and the direct clients get the same script.
+    """
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "GET":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = json.loads(body)
+        n, delay = chunks, delay_ms
+        last = next(
+            (m for m in reversed(request.get("messages", [])) if m.get("role") == "user"), None
+        )
+        spec = _SPEC.search(str(last.get("content", ""))) if last else None
+        if spec:
+            n, delay = int(spec.group(1)), float(spec.group(2))
+        usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        head = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": str(request.get("model", "")),
+            "system_fingerprint": None,
+        }
+
+        def event(choices: list[Any], use: Any = None) -> bytes:
+            chunk = {**head, "choices": choices}
+            if usage:
+                chunk["usage"] = use
+            return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+        def choice(delta: dict[str, str], finish: str | None = None) -> list[Any]:
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        more = {"type": "http.response.body", "more_body": True}
+        await send({**more, "body": event(choice({"role": "assistant", "content": ""}))})
+        for i in range(n):
+            if delay:
+                await asyncio.sleep(delay / 1000)
+            await send({**more, "body": event(choice({"content": f" tok{i}"}))})
+        await send({**more, "body": event(choice({}, "stop"))})
+        if usage:
+            use = {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}
+            await send({**more, "body": event([], use)})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http="h11",
+        loop="asyncio",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        backlog=2048,
+    )
+    uvicorn.Server(config).run()
+
+
+# -- byok under cProfile (its own process) ----------------------------------------------
+
+
+def serve_byok_profiled(out: str) -> None:
+    """`byok-server serve` in-process; SIGUSR1 starts cProfile, SIGUSR2 writes `out`.
+
+    Only the main thread (the event loop: gRPC handlers, engine, provider) is profiled;
+    SQLite statements run in aiosqlite's threads.
+    """
+    from byok.server.app import App
+    from byok.server.config import load_settings
+
+    profiler = cProfile.Profile()
+
+    def start(*_: object) -> None:
+        profiler.enable()
+
+    def stop(*_: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(out)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    asyncio.run(App(load_settings()).serve_until_signal())
+
+
+def serve_grpc_only(port: int) -> None:
+    """byok's gRPC server and ChatServicer over a fake engine: no store, no upstream.
+
+    The fake engine yields byok's events (started, `chunks` deltas `delay_ms` apart,
+    usage, done) as the content asks, so this process's CPU per turn is what gRPC,
+    the servicer and protobuf cost on their own.
+    """
+    from byok.server.chat.engine import ChatTurn, Delta, Done, Started, UsageReport
+    from byok.server.conversations.model import Conversation, Message, Role, Usage
+    from byok.server.ids import new_id
+    from byok.server.models.routing import Route
+    from byok.server.rpc.server import build_grpc_server
+    from byok.server.services import binding
+    from byok.server.services.chat import ChatServicer
+    from byok.v1 import chat_pb2, chat_pb2_grpc
+
+    route = Route("FAST", "openai", MODEL)
+
+    class FakeEngine:
+        async def stream(self, turn: ChatTurn) -> AsyncIterator[object]:
+            conv = Conversation(id=new_id(), title=turn.content[:60])
+            user = Message(id=new_id(), conversation_id=conv.id, role=Role.USER, content="")
+            yield Started(conv, True, user, route)
+            spec = _SPEC.search(turn.content)
+            n, delay = (int(spec.group(1)), float(spec.group(2))) if spec else (20, 5.0)
+            for i in range(n):
+                if delay:
+                    await asyncio.sleep(delay / 1000)
+                yield Delta(f" tok{i}")
+            yield UsageReport(12, n)
+            reply = Message(
+                id=new_id(),
+                conversation_id=conv.id,
+                role=Role.ASSISTANT,
+                content="",
+                usage=Usage(12, n),
+                latency_us=100_000,
+                ttft_us=5_000,
+                finish_reason="stop",
+            )
+            yield Done(reply)
+
+    async def run() -> None:
+        servicer = ChatServicer(FakeEngine())  # type: ignore[arg-type]
+        grpc_server = build_grpc_server(
+            [binding(chat_pb2, chat_pb2_grpc, "ChatService", servicer)], f"127.0.0.1:{port}"
+        )
+        await grpc_server.server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await grpc_server.server.stop(1.0)
+
+    asyncio.run(run())
+
+
+def wait_port(child: Child, port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1.0):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{child.name} did not listen:\n{child.tail()}")
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu(self) -> float:
+        return proc_cpu(self.proc.pid)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def tail(self) -> str:
+        return self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
+
+
+def start_child(name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Child:
+    log_path = cwd / f"{name}.log"
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    return Child(name, proc, log_path)
+
+
+def wait_ready(child: Child, url: str, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{child.name} did not become ready:\n{child.tail()}")
+
+
+def clean_env() -> dict[str, str]:
+    prefixes = ("BYOK_", "MODEL_ROUTE_", "PROVIDER_", "OPENAI_", "DEFAULT_MODEL_ROUTE")
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith(prefixes)}
+
+
+def start_upstream(work: Path, chunks: int, delay_ms: float) -> tuple[Child, str]:
+    port = free_port()
+    argv = [sys.executable, str(SELF), "--serve-upstream", str(port)]
+    argv += ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
+    child = start_child("upstream", argv, clean_env(), work)
+    wait_ready(child, f"http://127.0.0.1:{port}/health")
+    return child, f"http://127.0.0.1:{port}/v1"
+
+
+def start_byok(
+    work: Path, name: str, base_url: str, profile: str | None = None
+) -> tuple[Child, str]:
+    grpc_port, http_port = free_port(), free_port()
+    data = work / f"{name}-data"
+    data.mkdir()
+    env = clean_env()
+    env.update(
+        BYOK_GRPC_ADDR=f"127.0.0.1:{grpc_port}",
+        BYOK_HTTP_ADDR=f"127.0.0.1:{http_port}",
+        BYOK_DATA_DIR=str(data),
+        MODEL_ROUTE_FAST=f"openai/{MODEL}",
+        DEFAULT_MODEL_ROUTE="FAST",
+        OPENAI_API_KEY=API_KEY,
+        OPENAI_BASE_URL=base_url,
+    )
+    if profile:
+        argv = [sys.executable, str(SELF), "--serve-byok-profiled", profile]
+    else:
+        argv = [str(BIN / "byok-server"), "serve"]
+    child = start_child(name, argv, env, work)  # cwd = temp dir: no developer .env
+    wait_ready(child, f"http://127.0.0.1:{http_port}/readyz")
+    return child, f"127.0.0.1:{grpc_port}"
+
+
+# -- the three clients ------------------------------------------------------------------
+
+
+@dataclass
+class Turn:
+    kind: str
+    start: float
+    deltas: list[float]
+    end: float
+    text: str
+    server_ttft: float | None = None  # byok's own TTFT (from its Done event), seconds
+
+    @property
+    def ttft(self) -> float:
+        return self.deltas[0] - self.start
+
+    @property
+    def total(self) -> float:
+        return self.end - self.start
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.deltas, self.deltas[1:], strict=False)]
+
+
+async def lean_sse(body: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The provider's lean SSE parser (openai_compat.py), yielding each text delta."""
+    buffer = b""
+    data: list[bytes] = []
+    async for piece in body:
+        buffer += piece
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+                continue
+            if line or not data:
+                continue
+            payload = b"\n".join(data)
+            data.clear()
+            if payload.strip() == b"[DONE]":
+                return
+            chunk = json.loads(payload)
+            choices = chunk.get("choices")
+            if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+                delta = choices[0].get("delta")
+                if isinstance(delta, dict):
+                    text = delta.get("content")
+                    if text and isinstance(text, str):
+                        yield text
+
+
+@dataclass
+class Clients:
+    base_url: str
+    grpc_target: str
+    sdk: Any = None
+    sdk_httpx: Any = None  # the SDK on an httpx client, configured like byok's provider
+    http: Any = None
+    channel: Any = None
+    stub: Any = None
+
+    async def __aenter__(self) -> Clients:
+        import grpc
+        import httpx
+        import openai
+
+        from byok.v1 import chat_pb2_grpc
+
+        self.sdk = openai.AsyncOpenAI(api_key=API_KEY, base_url=self.base_url, timeout=60)
+        self.http = httpx.AsyncClient(
+            timeout=60, limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        )
+        self.sdk_httpx = openai.AsyncOpenAI(
+            api_key=API_KEY, base_url=self.base_url, timeout=60, http_client=self.http
+        )
+        self.channel = grpc.aio.insecure_channel(self.grpc_target)
+        self.stub = chat_pb2_grpc.ChatServiceStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sdk.close()
+        await self.http.aclose()
+        await self.channel.close()
+
+    def messages(self, content: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": content}]
+
+    async def turn_sdk(self, content: str) -> Turn:
+        deltas: list[float] = []
+        parts: list[str] = []
+        start = time.perf_counter()
+        stream = await self.sdk.chat.completions.create(
+            model=MODEL,
+            messages=self.messages(content),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                deltas.append(time.perf_counter())
+                parts.append(chunk.choices[0].delta.content)
+        return Turn("sdk", start, deltas, time.perf_counter(), "".join(parts))
+
+    async def turn_httpx(self, content: str) -> Turn:
+        deltas: list[float] = []
+        parts: list[str] = []
+        body = {
+            "model": MODEL,
+            "messages": self.messages(content),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        start = time.perf_counter()
+        async with self.http.stream(
+            "POST",
+            f"{self.base_url}/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as response:
+            response.raise_for_status()
+            async for text in lean_sse(response.aiter_bytes()):
+                deltas.append(time.perf_counter())
+                parts.append(text)
+        return Turn("httpx", start, deltas, time.perf_counter(), "".join(parts))
+
+    async def turn_byok(self, content: str) -> Turn:
+        from byok.v1 import chat_pb2
+
+        deltas: list[float] = []
+        parts: list[str] = []
+        server_ttft = None
+        start = time.perf_counter()
+        call = self.stub.StreamChat(
+            chat_pb2.ChatRequest(content=content, model_key=ROUTE), timeout=60
+        )
+        async for event in call:
+            if event.HasField("delta"):
+                deltas.append(time.perf_counter())
+                parts.append(event.delta.text)
+            elif event.HasField("done"):
+                server_ttft = event.done.time_to_first_token.ToNanoseconds() / 1e9
+        return Turn("byok", start, deltas, time.perf_counter(), "".join(parts), server_ttft)
+
+    # the parser comparison: no timing per delta, only the loop
+
+    async def loop_sdk_parsed(self, content: str) -> int:
+        stream = await self.sdk_httpx.chat.completions.create(
+            model=MODEL,
+            messages=self.messages(content),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        n = 0
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                n += 1
+        return n
+
+    async def loop_sdk_lean(self, content: str) -> int:
+        n = 0
+        async with self.sdk_httpx.chat.completions.with_streaming_response.create(
+            model=MODEL,
+            messages=self.messages(content),
+            stream=True,
+            stream_options={"include_usage": True},
+        ) as response:
+            async for _text in lean_sse(response.http_response.aiter_bytes()):
+                n += 1
+        return n
+
+    async def loop_httpx_lean(self, content: str) -> int:
+        n = 0
+        body = {
+            "model": MODEL,
+            "messages": self.messages(content),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        async with self.http.stream(
+            "POST",
+            f"{self.base_url}/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as response:
+            async for _text in lean_sse(response.aiter_bytes()):
+                n += 1
+        return n
+
+    def turn(self, kind: str) -> Callable[[str], Awaitable[Turn]]:
+        return {"sdk": self.turn_sdk, "httpx": self.turn_httpx, "byok": self.turn_byok}[kind]
+
+
+# -- measurement ------------------------------------------------------------------------
+
+
+@dataclass
+class Cpu:
+    """CPU seconds spent by each process while one kind of turn ran."""
+
+    server: float = 0.0
+    upstream: float = 0.0
+    client: float = 0.0
+    wall: float = 0.0
+    turns: int = 0
+
+
+@dataclass
+class Level:
+    concurrency: int
+    turns: dict[str, list[Turn]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    cpu: dict[str, Cpu] = field(default_factory=lambda: {k: Cpu() for k in KINDS})
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    stopped_early: bool = False
+
+
+class Meter:
+    def __init__(self, server: Child, upstream: Child):
+        self.server = server
+        self.upstream = upstream
+
+    def read(self) -> tuple[float, float, float, float]:
+        return (
+            self.server.cpu(),
+            self.upstream.cpu(),
+            time.process_time(),
+            time.perf_counter(),
+        )
+
+    @staticmethod
+    def add(cpu: Cpu, before: tuple[float, ...], after: tuple[float, ...], turns: int) -> None:
+        cpu.server += after[0] - before[0]
+        cpu.upstream += after[1] - before[1]
+        cpu.client += after[2] - before[2]
+        cpu.wall += after[3] - before[3]
+        cpu.turns += turns
+
+
+def content_for(index: int, chunks: int, delay_ms: float) -> str:
+    return f"Benchmark turn {index}: chunks={chunks} delay_ms={delay_ms:g}"
+
+
+async def run_block(
+    clients: Clients, kind: str, n: int, concurrency: int, chunks: int, delay_ms: float
+) -> tuple[list[Turn], int]:
+    """n turns of one kind with `concurrency` in flight; returns the turns and errors."""
+    turn = clients.turn(kind)
+    results: list[Turn] = []
+    errors = 0
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index, errors
+        while next_index < n and not out_of_time():
+            index = next_index
+            next_index += 1
+            try:
+                t = await turn(content_for(index, chunks, delay_ms))
+            except Exception as exc:
+                errors += 1
+                if errors <= 3:
+                    log(f"  {kind} turn failed: {type(exc).__name__}: {exc}")
+                continue
+            if len(t.deltas) != chunks:
+                errors += 1
+                if errors <= 3:
+                    log(f"  {kind} turn got {len(t.deltas)} deltas, expected {chunks}")
+                continue
+            results.append(t)
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
+    return results, errors
+
+
+async def measure_level(
+    clients: Clients,
+    meter: Meter,
+    concurrency: int,
+    turns: int,
+    chunks: int,
+    delay_ms: float,
+    deadline: float,
+) -> Level:
+    level = Level(concurrency)
+    block = 1 if concurrency == 1 else concurrency * BLOCK_PER_WORKER
+    warm = 20 if concurrency == 1 else 1
+    log(f"concurrency {concurrency}: warm-up")
+    for _ in range(warm):
+        for kind in KINDS:
+            await run_block(clients, kind, block, concurrency, chunks, delay_ms)
+    log(f"concurrency {concurrency}: {turns} turns of each kind, blocks of {block}")
+    rounds = 0
+    while len(level.turns["byok"]) < turns:
+        if time.monotonic() > deadline:
+            level.stopped_early = True
+            log(f"  time budget reached after {rounds} rounds")
+            break
+        n = min(block, turns - len(level.turns["byok"]))
+        order = KINDS if rounds % 2 == 0 else KINDS[::-1]  # no kind always goes first
+        for kind in order:
+            before = meter.read()
+            done, errors = await run_block(clients, kind, n, concurrency, chunks, delay_ms)
+            meter.add(level.cpu[kind], before, meter.read(), len(done))
+            level.turns[kind].extend(done)
+            level.errors[kind] += errors
+        rounds += 1
+        if concurrency > 1 or rounds % 50 == 0:
+            log(f"  {len(level.turns['byok'])}/{turns}")
+    return level
+
+
+@dataclass
+class ParserResult:
+    name: str
+    requests: int
+    wall: float
+    client_cpu: float
+    upstream_cpu: float
+
+
+async def measure_parsers(
+    clients: Clients, upstream: Child, requests: int, concurrency: int, chunks: int
+) -> list[ParserResult]:
+    loops = {
+        "SDK parsed stream (create(stream=True))": clients.loop_sdk_parsed,
+        "SDK raw response + lean parser (byok)": clients.loop_sdk_lean,
+        "httpx + lean parser (no SDK)": clients.loop_httpx_lean,
+    }
+    content = content_for(0, chunks, 0)
+    results = {name: ParserResult(name, 0, 0.0, 0.0, 0.0) for name in loops}
+
+    async def run(loop: Callable[[str], Awaitable[int]], n: int) -> int:
+        remaining = n
+        done = 0
+
+        async def worker() -> None:
+            nonlocal remaining, done
+            while remaining > 0 and not out_of_time():
+                remaining -= 1
+                got = await loop(content)
+                if got != chunks:
+                    raise RuntimeError(f"parser loop got {got} deltas, expected {chunks}")
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done
+
+    for loop in loops.values():  # warm-up
+        await run(loop, concurrency * 10)
+    block = max(concurrency * 25, 50)
+    for i in range(max(1, requests // block)):
+        if i and out_of_time():
+            break
+        items = list(loops.items())
+        for name, loop in items if i % 2 == 0 else items[::-1]:
+            r = results[name]
+            u0, c0, w0 = upstream.cpu(), time.process_time(), time.perf_counter()
+            r.requests += await run(loop, block)
+            r.wall += time.perf_counter() - w0
+            r.client_cpu += time.process_time() - c0
+            r.upstream_cpu += upstream.cpu() - u0
+    return list(results.values())
+
+
+# -- profile ----------------------------------------------------------------------------
+
+
+def _group(filename: str, func: str) -> str:
+    """Where a profiled function lives: a package, a byok module, or a C built-in."""
+    if filename == "~":
+        if func.startswith("<method 'run' of '_contextvars.Context'"):
+            return "loop callbacks' own time (C/Cython: grpc aio, h11 not)"
+        if "epoll" in func:
+            return "epoll (waiting, and waking up)"
+        return "C built-ins: " + re.sub(r"<(built-in )?(method )?'?([\w.]+)'?.*", r"\3", func)
+    path = filename.replace(os.sep, "/")
+    if "/site-packages/" in path:
+        package = path.split("/site-packages/", 1)[1].split("/", 1)[0]
+        return package.removesuffix(".py")
+    if "/byok/" in path:
+        parts = path.split("/byok/", 1)[1].removesuffix(".py").split("/")
+        return "byok." + ".".join(parts[:3])
+    if "/python3" in path:
+        rest = path.split("/python3", 1)[1].split("/", 2)[-1]
+        return "stdlib " + rest.split("/", 1)[0].removesuffix(".py")
+    return path
+
+
+def profile_report(path: str, turns: int, top: int = 25) -> dict[str, Any]:
+    stats = pstats.Stats(path)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    groups: dict[str, float] = {}
+    total = 0.0
+    for (filename, _line, func), (_cc, _nc, tt, _ct, _callers) in raw.items():
+        name = _group(filename, func)
+        groups[name] = groups.get(name, 0.0) + tt
+        total += tt
+
+    def label(f: str, line: int, func: str) -> str:
+        return func if f == "~" else f"{_group(f, func)}:{Path(f).name}:{line}({func})"
+
+    by_own = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    by_cum = sorted(raw.items(), key=lambda kv: kv[1][3], reverse=True)
+    return {
+        "turns": turns,
+        "main_thread_ms_per_turn": total * 1000 / turns,
+        "groups_ms_per_turn": {
+            k: v * 1000 / turns for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
+        },
+        "top_own_time": [
+            {
+                "function": label(*key),
+                "own_ms_per_turn": tt * 1000 / turns,
+                "calls_per_turn": nc / turns,
+            }
+            for key, (_cc, nc, tt, _ct, _callers) in by_own
+        ],
+        "top_cumulative": [
+            {"function": label(*key), "cum_ms_per_turn": ct * 1000 / turns}
+            for key, (_cc, _nc, _tt, ct, _callers) in by_cum
+            if any(k in key[0] for k in ("/byok/", "openai/", "aiosqlite", "httpx"))
+        ][:top],
+    }
+
+
+def wait_for_file(path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+async def profile_run(
+    work: Path, base_url: str, out: str, turns: int, concurrency: int, chunks: int, delay: float
+) -> dict[str, Any]:
+    server, target = start_byok(work, "byok-profiled", base_url, profile=out)
+    try:
+        async with Clients(base_url, target) as clients:
+            await run_block(clients, "byok", concurrency * 4, concurrency, chunks, delay)
+            server.proc.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(0.2)
+            c0, w0 = server.cpu(), time.perf_counter()
+            done, _errors = await run_block(clients, "byok", turns, concurrency, chunks, delay)
+            cpu, wall = server.cpu() - c0, time.perf_counter() - w0
+            server.proc.send_signal(signal.SIGUSR2)
+            await asyncio.to_thread(wait_for_file, out, 60.0)
+            await asyncio.sleep(1.0)  # dump_stats finishing
+    finally:
+        server.stop(timeout=60)
+    n = max(len(done), 1)
+    report = profile_report(out, n)
+    report.update(rate=len(done) / wall, server_cpu_ms_per_turn=cpu * 1000 / n)
+    return report
+
+
+# -- components, in-process -------------------------------------------------------------
+
+
+async def grpc_only(
+    work: Path, base_url: str, turns: int, concurrency: int, chunks: int, delay_ms: float
+) -> dict[str, dict[str, float]]:
+    """gRPC + servicer + protobuf alone (fake engine): CPU per turn, and TTFT at c=1."""
+    port = free_port()
+    argv = [sys.executable, str(SELF), "--serve-grpc-only", str(port)]
+    child = start_child("grpc-only", argv, clean_env(), work)
+    result: dict[str, dict[str, float]] = {}
+    try:
+        await asyncio.to_thread(wait_port, child, port)
+        async with Clients(base_url, f"127.0.0.1:{port}") as clients:
+            for _ in range(20):
+                await clients.turn_byok(content_for(0, chunks, delay_ms))
+            ttft = []
+            for i in range(max(turns // 5, 50)):
+                t = await clients.turn_byok(content_for(i, chunks, delay_ms))
+                ttft.append(ms(t.ttft))
+            result[f"gRPC alone, c=1: TTFT (wall ms; includes the {delay_ms:g} ms delay)"] = {
+                "p50_ms": pct(ttft, 50),
+                "p99_ms": pct(ttft, 99),
+            }
+            await run_block(clients, "byok", concurrency * 2, concurrency, chunks, delay_ms)
+            c0, w0 = child.cpu(), time.perf_counter()
+            done, _ = await run_block(clients, "byok", turns, concurrency, chunks, delay_ms)
+            wall = time.perf_counter() - w0
+            result["gRPC server + ChatServicer + protobuf alone (fake engine)"] = {
+                "cpu_ms_per_turn": ms(child.cpu() - c0) / max(len(done), 1),
+                "turns_per_s": len(done) / wall,
+                "upstream_cpu_ms_per_turn": 0.0,
+            }
+    finally:
+        child.stop()
+    return result
+
+
+async def breakdown(
+    work: Path,
+    base_url: str,
+    upstream: Child,
+    turns: int,
+    concurrency: int,
+    chunks: int,
+    delay_ms: float,
+) -> dict[str, dict[str, float]]:
+    """CPU per turn of byok's parts run in this process (no gRPC): the store writes of a
+    turn, the provider's stream, and the whole engine turn (store + provider + engine)."""
+    from byok.server.chat import tokens
+    from byok.server.chat.engine import ChatEngine, ChatTurn
+    from byok.server.config import load_routing
+    from byok.server.conversations.model import Message, Role, Usage
+    from byok.server.conversations.service import Conversations
+    from byok.server.ids import new_id
+    from byok.server.models.routing import RouteTable
+    from byok.server.providers.base import ChatMessage, SamplingParams
+    from byok.server.providers.registry import build_providers, close_all
+    from byok.server.storage.base import DEFAULT_USER_ID as USER
+    from byok.server.storage.sqlite import SqliteStore
+
+    routing = load_routing(
+        {
+            "MODEL_ROUTE_FAST": f"openai/{MODEL}",
+            "OPENAI_API_KEY": API_KEY,
+            "OPENAI_BASE_URL": base_url,
+        }
+    )
+    store = await SqliteStore.open(work / "breakdown-data" / "byok.db")
+    providers = build_providers(routing, None)
+    provider = providers["openai"]
+    conversations = Conversations(store)
+    engine = ChatEngine(
+        conversations,
+        RouteTable(routing),
+        providers,
+        {name: p.api_key for name, p in routing.providers.items()},
+    )
+    await asyncio.to_thread(tokens.load_encoding)
+
+    async def store_turn(i: int) -> None:
+        content = content_for(i, chunks, delay_ms)
+        conv = await conversations.create(USER, title=content[:60])
+        await conversations.append(
+            USER,
+            conv.name,
+            Message(id="", conversation_id=conv.id, role=Role.USER, content=content),
+        )
+        reply = Message(
+            id=new_id(),
+            conversation_id=conv.id,
+            role=Role.ASSISTANT,
+            content="".join(f" tok{k}" for k in range(chunks)),
+            model=MODEL,
+            route="FAST",
+            usage=Usage(12, chunks),
+            latency_us=100_000,
+            ttft_us=5_000,
+            finish_reason="stop",
+        )
+        await store.append_messages(USER, conv.id, [reply])
+
+    async def provider_turn(i: int) -> None:
+        messages = [ChatMessage("user", content_for(i, chunks, delay_ms))]
+        async for _event in provider.stream(MODEL, messages, SamplingParams()):
+            pass
+
+    async def engine_turn(i: int) -> None:
+        turn = ChatTurn(user_id=USER, content=content_for(i, chunks, delay_ms), model_key=ROUTE)
+        async for _event in engine.stream(turn):
+            pass
+
+    parts = {
+        "store: 3 write transactions (create, user message, reply)": store_turn,
+        "provider: SDK request + stream + lean parse": provider_turn,
+        "engine turn in-process (store + provider + engine, no gRPC)": engine_turn,
+    }
+    result: dict[str, dict[str, float]] = {}
+    try:
+        # What a turn waits for before the upstream is called: create + store the user
+        # message, one turn at a time (the concurrency-1 TTFT path).
+        waits = []
+        for i in range(turns // 4 + 20):
+            t0 = time.perf_counter()
+            content = content_for(i, chunks, delay_ms)
+            conv = await conversations.create(USER, title=content[:60])
+            await conversations.append(
+                USER,
+                conv.name,
+                Message(id="", conversation_id=conv.id, role=Role.USER, content=content),
+            )
+            waits.append(ms(time.perf_counter() - t0))
+        waits = waits[20:]
+        result["before the upstream call, c=1: create + user message (wall ms)"] = {
+            "p50_ms": pct(waits, 50),
+            "p99_ms": pct(waits, 99),
+        }
+        for name, part in parts.items():
+            for warm in (True, False):
+                n = concurrency * 2 if warm else turns
+                counter = iter(range(n))
+                done = [0]
+
+                async def worker(
+                    part: Callable[[int], Awaitable[None]] = part,
+                    counter: Any = counter,
+                    done: list[int] = done,
+                ) -> None:
+                    for i in counter:
+                        if out_of_time():
+                            break
+                        await part(i)
+                        done[0] += 1
+
+                u0, c0, w0 = upstream.cpu(), time.process_time(), time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+                if not warm and done[0]:
+                    wall = time.perf_counter() - w0
+                    result[name] = {
+                        "cpu_ms_per_turn": ms(time.process_time() - c0) / done[0],
+                        "upstream_cpu_ms_per_turn": ms(upstream.cpu() - u0) / done[0],
+                        "turns_per_s": done[0] / wall,
+                        "turns": done[0],
+                    }
+    finally:
+        await close_all(providers)
+        await store.close()
+    return result
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def summarize(level: Level, delay_ms: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"concurrency": level.concurrency, "stopped_early": level.stopped_early}
+    for kind in KINDS:
+        turns = level.turns[kind]
+        ttft = [ms(t.ttft) for t in turns]
+        total = [ms(t.total) for t in turns]
+        gaps = [ms(g) for t in turns for g in t.gaps()]
+        cpu = level.cpu[kind]
+        n = max(cpu.turns, 1)
+        out[kind] = {
+            "n": len(turns),
+            "errors": level.errors[kind],
+            "ttft_p50": pct(ttft, 50),
+            "ttft_p99": pct(ttft, 99),
+            "total_p50": pct(total, 50),
+            "total_p99": pct(total, 99),
+            "gap_p50": pct(gaps, 50),
+            "gap_p99": pct(gaps, 99),
+            "bunched_pct": 100 * sum(g < delay_ms / 5 for g in gaps) / max(len(gaps), 1),
+            "turns_per_s": cpu.turns / cpu.wall if cpu.wall else 0.0,
+            "server_cpu_ms_per_turn": ms(cpu.server) / n,
+            "upstream_cpu_ms_per_turn": ms(cpu.upstream) / n,
+            "client_cpu_ms_per_turn": ms(cpu.client) / n,
+            "server_cpu_share": cpu.server / cpu.wall if cpu.wall else 0.0,
+        }
+        if kind == "byok":
+            server_ttft = [ms(t.server_ttft) for t in turns if t.server_ttft is not None]
+            out[kind]["server_ttft_p50"] = pct(server_ttft, 50)
+            out[kind]["client_minus_server_ttft_p50"] = pct(ttft, 50) - pct(server_ttft, 50)
+    for base in ("sdk", "httpx"):
+        out[f"added_vs_{base}"] = {
+            key: out["byok"][key] - out[base][key]
+            for key in ("ttft_p50", "ttft_p99", "total_p50", "total_p99", "gap_p50")
+        }
+    # Held back? The added delay of the k-th delta (median arrival, byok minus direct)
+    # stays flat if every token is passed on as it arrives; batching would make it grow.
+    for base in ("sdk", "httpx"):
+        per_delta = []
+        for k in range(min((len(t.deltas) for t in level.turns["byok"]), default=0)):
+            via = [ms(t.deltas[k] - t.start) for t in level.turns["byok"]]
+            direct = [ms(t.deltas[k] - t.start) for t in level.turns[base] if len(t.deltas) > k]
+            per_delta.append(pct(via, 50) - pct(direct, 50))
+        out[f"added_vs_{base}"]["per_delta"] = per_delta
+        out[f"added_vs_{base}"]["drift"] = (per_delta[-1] - per_delta[0]) if per_delta else 0.0
+    if level.concurrency == 1:  # paired: each byok turn against the direct turn next to it
+        pairs = zip(level.turns["sdk"], level.turns["byok"], strict=False)
+        paired = [ms(b.ttft - d.ttft) for d, b in pairs]
+        out["paired_added_ttft_vs_sdk"] = {"p50": pct(paired, 50), "p99": pct(paired, 99)}
+    return out
+
+
+def print_level(s: dict[str, Any]) -> None:
+    c = s["concurrency"]
+    print(f"\n## concurrency {c}" + (" (stopped early: time budget)" if s["stopped_early"] else ""))
+    print(
+        f"{'path':<22}{'n':>6}{'TTFT p50':>10}{'p99':>8}{'total p50':>11}{'p99':>8}"
+        f"{'gap p50':>9}{'bunched':>9}{'turns/s':>9}{'srv CPU':>9}{'up CPU':>8}{'cli CPU':>9}"
+    )
+    for kind in KINDS:
+        r = s[kind]
+        print(
+            f"{LABELS[kind]:<22}{r['n']:>6}{r['ttft_p50']:>10.2f}{r['ttft_p99']:>8.2f}"
+            f"{r['total_p50']:>11.2f}{r['total_p99']:>8.2f}{r['gap_p50']:>9.2f}"
+            f"{r['bunched_pct']:>8.1f}%{r['turns_per_s']:>9.1f}"
+            f"{r['server_cpu_ms_per_turn']:>9.2f}{r['upstream_cpu_ms_per_turn']:>8.2f}"
+            f"{r['client_cpu_ms_per_turn']:>9.2f}"
+        )
+    for base in ("sdk", "httpx"):
+        a = s[f"added_vs_{base}"]
+        print(
+            f"{'added vs ' + base:<28}{a['ttft_p50']:>10.2f}{a['ttft_p99']:>8.2f}"
+            f"{a['total_p50']:>11.2f}{a['total_p99']:>8.2f}{a['gap_p50']:>9.2f}"
+        )
+    b = s["byok"]
+    print(
+        f"(ms; CPU = ms per turn; byok's own TTFT p50 {b['server_ttft_p50']:.2f} ms, so "
+        f"{b['client_minus_server_ttft_p50']:.2f} ms of byok's TTFT is before the upstream call "
+        f"and delivery; byok server busy {100 * b['server_cpu_share']:.0f}% of a core)"
+    )
+    for base in ("sdk", "httpx"):
+        per = s[f"added_vs_{base}"]["per_delta"]
+        if per:
+            print(
+                f"added delay of each delta vs {base}: first {per[0]:.2f}, last {per[-1]:.2f}, "
+                f"min {min(per):.2f}, max {max(per):.2f} ms (flat = nothing held back)"
+            )
+    if "paired_added_ttft_vs_sdk" in s:
+        p = s["paired_added_ttft_vs_sdk"]
+        print(f"paired added TTFT vs SDK: p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms")
+    errors = {k: s[k]["errors"] for k in KINDS if s[k]["errors"]}
+    if errors:
+        print(f"errors: {errors}")
+
+
+def verdicts(summaries: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    rows: list[tuple[str, bool | None, str]] = []
+    by_c = {s["concurrency"]: s for s in summaries}
+    if 1 in by_c:
+        a = by_c[1]["added_vs_sdk"]
+        for key, label in (("ttft_p50", "p50"), ("ttft_p99", "p99")):
+            limit = TARGETS[key]
+            rows.append(
+                (
+                    f"added TTFT {label} at c=1 <= {limit:g} ms",
+                    a[key] <= limit,
+                    f"{a[key]:.2f} ms",
+                )
+            )
+    if 32 in by_c:
+        r = by_c[32]["byok"]["turns_per_s"]
+        ceiling = by_c[32]["sdk"]["turns_per_s"]
+        httpx_rate = by_c[32]["httpx"]["turns_per_s"]
+        cpu_ms = max(by_c[32]["byok"]["server_cpu_ms_per_turn"], 1e-6)
+        rows.append(
+            (
+                f"streamed turns/s at c=32 >= {TARGETS['rate']:g}",
+                r >= TARGETS["rate"],
+                f"{r:.0f}/s (same blocks direct: SDK {ceiling:.0f}/s, httpx {httpx_rate:.0f}/s; "
+                f"byok server {cpu_ms:.1f} ms CPU/turn = {1000 / cpu_ms:.0f} turns/s per core)",
+            )
+        )
+    for s in summaries:
+        a = s["added_vs_sdk"]
+        bunched = s["byok"]["bunched_pct"] - s["sdk"]["bunched_pct"]
+        ok = abs(a["gap_p50"]) <= TARGETS["gap_ms"] and bunched <= TARGETS["bunched_pp"]
+        rows.append(
+            (
+                f"gaps match at c={s['concurrency']} (|median gap diff| <= {TARGETS['gap_ms']:g}"
+                f" ms, gaps < delay/5 at most +{TARGETS['bunched_pp']:g} pp)",
+                # only c=1 is a verdict: at c=32 the direct clients bunch chunks themselves
+                ok if s["concurrency"] == 1 else None,
+                f"{a['gap_p50']:+.2f} ms, bunched {bunched:+.1f} pp, added delay drift "
+                f"first->last delta {a['drift']:+.2f} ms",
+            )
+        )
+    return rows
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    concurrencies = int_list(args.concurrency)
+    turns_arg = int_list(args.turns) if args.turns else []
+    if len(turns_arg) == 1:
+        turns_arg = turns_arg * len(concurrencies)
+    deadline_all = time.monotonic() + args.max_seconds
+    _HARD["deadline"] = deadline_all
+    work = Path(tempfile.mkdtemp(prefix="byok-chat-bench-"))
+    upstream = server = None
+    result: dict[str, Any] = {
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_before": os.getloadavg(),
+        },
+        "config": {"chunks": args.chunks, "delay_ms": args.delay_ms},
+    }
+    try:
+        upstream, base_url = start_upstream(work, args.chunks, args.delay_ms)
+        server, target = start_byok(work, "byok", base_url)
+        await asyncio.sleep(1.0)
+        c0 = server.cpu()
+        await asyncio.sleep(2.0)
+        idle = (server.cpu() - c0) / 2.0
+        result["server_idle_cpu_share"] = idle
+        log(f"byok server pid {server.pid}, idle CPU {100 * idle:.1f}% of a core; work in {work}")
+        meter = Meter(server, upstream)
+        summaries = []
+        async with Clients(base_url, target) as clients:
+            # The first turn of a fresh server (lazy loads, connection set-up), then one
+            # more: byok's first turn is not in the warm-up-free figures below.
+            first = [
+                await clients.turn_byok(content_for(i, args.chunks, args.delay_ms)) for i in (0, 1)
+            ]
+            direct = await clients.turn_httpx(content_for(0, args.chunks, args.delay_ms))
+            result["first_turns_ttft_ms"] = {
+                "byok_first": ms(first[0].ttft),
+                "byok_second": ms(first[1].ttft),
+                "httpx_direct_first": ms(direct.ttft),
+            }
+            print(
+                f"first turn of a fresh byok server: TTFT {ms(first[0].ttft):.0f} ms "
+                f"(second {ms(first[1].ttft):.1f} ms; first direct httpx turn "
+                f"{ms(direct.ttft):.1f} ms)"
+            )
+            for i, c in enumerate(concurrencies):
+                turns = turns_arg[i] if i < len(turns_arg) else (200 if c == 1 else 2000)
+                left = len(concurrencies) - i
+                budget = (deadline_all - time.monotonic()) / (left + 0.5)
+                level = await measure_level(
+                    clients, meter, c, turns, args.chunks, args.delay_ms, time.monotonic() + budget
+                )
+                s = summarize(level, args.delay_ms)
+                summaries.append(s)
+                print_level(s)
+            result["levels"] = summaries
+            if args.parser_requests:
+                log(f"parser comparison: {args.parser_requests} requests each, no delay")
+                parsers = await measure_parsers(
+                    clients, upstream, args.parser_requests, args.parser_concurrency, args.chunks
+                )
+                print_parsers(result, parsers, args)
+        server.stop()  # the measured server is done; the rest runs without it
+        c = max(concurrencies)
+        if args.breakdown_turns and not out_of_time():
+            log(f"components in-process: {args.breakdown_turns} turns each at c={c}")
+            parts = await breakdown(
+                work, base_url, upstream, args.breakdown_turns, c, args.chunks, args.delay_ms
+            )
+            parts.update(
+                await grpc_only(work, base_url, args.breakdown_turns, c, args.chunks, args.delay_ms)
+            )
+            result["components"] = parts
+            print_components(parts, summaries, c)
+        rows = verdicts(summaries)
+        result["targets"] = [{"target": t, "pass": ok, "measured": m} for t, ok, m in rows]
+        print("\n## targets")
+        for t, ok, m in rows:
+            print(f"{'INFO' if ok is None else 'PASS' if ok else 'MISS'}  {t}: {m}")
+        if args.profile and not out_of_time():
+            log(f"profile: {args.profile_turns} byok turns at c={c} under cProfile")
+            report = await profile_run(
+                work, base_url, args.profile, args.profile_turns, c, args.chunks, args.delay_ms
+            )
+            result["profile"] = report
+            print_profile(report, c)
+        result["machine"]["loadavg_after"] = os.getloadavg()
+        m = result["machine"]
+        print(
+            f"\nmachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; the client, "
+            f"the byok server and the upstream share them. Load average before "
+            f"{m['loadavg_before'][0]:.2f}, after {m['loadavg_after'][0]:.2f}"
+        )
+    finally:
+        for child in (server, upstream):
+            if child is not None:
+                child.stop()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def print_parsers(result: dict[str, Any], parsers: list[ParserResult], args: Any) -> None:
+    print(
+        f"\n## parsing the stream, client-side loops, {args.chunks} chunks, no delay, "
+        f"concurrency {args.parser_concurrency}"
+    )
+    print(f"{'loop':<42}{'req/s':>8}{'client CPU ms/req':>19}{'upstream CPU ms/req':>21}")
+    result["parsers"] = []
+    for p in parsers:
+        if not p.requests:
+            continue
+        row = {
+            "name": p.name,
+            "requests": p.requests,
+            "requests_per_s": p.requests / p.wall,
+            "client_cpu_ms_per_request": ms(p.client_cpu) / p.requests,
+            "upstream_cpu_ms_per_request": ms(p.upstream_cpu) / p.requests,
+        }
+        result["parsers"].append(row)
+        print(
+            f"{p.name:<42}{row['requests_per_s']:>8.0f}"
+            f"{row['client_cpu_ms_per_request']:>19.3f}"
+            f"{row['upstream_cpu_ms_per_request']:>21.3f}"
+        )
+
+
+def print_components(
+    parts: dict[str, dict[str, float]], summaries: list[dict[str, Any]], c: int
+) -> None:
+    print(f"\n## where byok's CPU goes, c={c} (parts run in-process, ms CPU per turn)")
+    for name, r in parts.items():
+        if "p50_ms" in r:
+            print(f"  {name}: p50 {r['p50_ms']:.2f}, p99 {r['p99_ms']:.2f}")
+            continue
+        print(f"  {r['cpu_ms_per_turn']:7.2f}  {name} ({r['turns_per_s']:.0f} turns/s)")
+    level = next((s for s in summaries if s["concurrency"] == c), None)
+    engine = next((r for n, r in parts.items() if n.startswith("engine")), None)
+    if level and engine:
+        server = level["byok"]["server_cpu_ms_per_turn"]
+        print(
+            f"  {server:7.2f}  byok-server process, same concurrency (measured above)\n"
+            f"  {server - engine['cpu_ms_per_turn']:7.2f}  = the rest: gRPC server, servicer, "
+            "protobuf (server minus engine turn)"
+        )
+
+
+def print_profile(report: dict[str, Any], c: int) -> None:
+    print(
+        f"\n## byok server under cProfile, c={c}, {report['turns']} turns "
+        f"({report['rate']:.0f}/s; {report['server_cpu_ms_per_turn']:.2f} ms CPU/turn with the "
+        f"profiler on); main thread {report['main_thread_ms_per_turn']:.2f} ms/turn by package:"
+    )
+    for name, value in list(report["groups_ms_per_turn"].items())[:18]:
+        print(f"  {value:7.3f}  {name}")
+    print("  top functions by own time (ms/turn, calls/turn):")
+    for row in report["top_own_time"][:20]:
+        print(f"  {row['own_ms_per_turn']:7.3f} {row['calls_per_turn']:7.1f}  {row['function']}")
+    print("  byok / openai / httpx / aiosqlite functions by cumulative time (ms/turn):")
+    for row in report["top_cumulative"][:25]:
+        print(f"  {row['cum_ms_per_turn']:7.3f}  {row['function']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--turns",
+        default="",
+        help="turns of each kind per concurrency (default 200 at c=1, "
+        "2000 otherwise); one number or one per --concurrency entry",
+    )
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated levels")
+    parser.add_argument("--chunks", type=int, default=20, help="content chunks per reply")
+    parser.add_argument("--delay-ms", type=float, default=5.0, help="delay before each chunk")
+    parser.add_argument("--parser-requests", type=int, default=1500, help="0: skip")
+    parser.add_argument("--parser-concurrency", type=int, default=4)
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=900.0,
+        help="time budget for the whole run; phases stop early (fewer samples) when it is spent",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+    parser.add_argument("--profile", metavar="FILE", help="also profile byok (cProfile stats)")
+    parser.add_argument("--profile-turns", type=int, default=1000)
+    parser.add_argument(
+        "--breakdown-turns", type=int, default=1000, help="turns per in-process part (0: skip)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, db)")
+    parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-byok-profiled", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-grpc-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream, args.chunks, args.delay_ms)
+        return
+    if args.serve_grpc_only:
+        serve_grpc_only(args.serve_grpc_only)
+        return
+    if args.serve_byok_profiled:
+        serve_byok_profiled(args.serve_byok_profiled)
+        return
+    result = asyncio.run(bench(args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        log(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
