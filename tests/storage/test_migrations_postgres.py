@@ -7,6 +7,8 @@ answering is a failure, not a skip (see tests/storage/test_store_contract.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +24,17 @@ from byok.server.storage import migrations
 from byok.server.storage.postgres import PostgresStore
 from byok.server.storage.postgres.store import asyncpg_dsn
 from tests.storage.test_store_contract import create_database, drop_database
+
+TABLES = {
+    "users",
+    "conversations",
+    "messages",
+    "api_keys",
+    "provider_keys",
+    "model_profiles",
+    "spaces",
+    "space_profiles",
+}
 
 
 @pytest.fixture
@@ -50,6 +63,27 @@ def functions(url: str) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
+def sqlite_columns(path: Path) -> dict[str, list[str]]:
+    migrations.upgrade(migrations.sqlite_url(path))
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return {
+            table: [str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")]
+            for table in TABLES
+        }
+
+
+def postgres_columns(url: str) -> dict[str, list[str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+        ).fetchall()
+    columns: dict[str, list[str]] = {}
+    for table, column in rows:
+        columns.setdefault(str(table), []).append(str(column))
+    return {table: columns.get(table, []) for table in TABLES}
+
+
 def test_urls_pick_the_backend() -> None:
     assert migrations.backend_of("sqlite:////tmp/x.db") == "sqlite"
     for scheme in ("postgresql", "postgres", "postgresql+psycopg", "POSTGRESQL+asyncpg"):
@@ -69,13 +103,14 @@ def test_upgrade_downgrade_zero_upgrade_again(url: str, tmp_path: Path) -> None:
     assert all_ids == [m.id for m in migrations.status(migrations.postgres_url(url))]
     assert all_ids and all_ids == sorted(all_ids)
     assert all_ids[-1] == migrations.head("postgres")
-    # Same numbering and ids as on SQLite (which may be ahead while a change lands).
+    # Exactly the numbering and ids of SQLite: a schema version means the same on both.
     sqlite_ids = [m.id for m in migrations.status(migrations.sqlite_url(tmp_path / "x.db"))]
-    assert sqlite_ids[: len(all_ids)] == all_ids
+    assert sqlite_ids == all_ids
+    assert migrations.head("postgres") == migrations.head("sqlite")
 
     assert migrations.upgrade(url) == all_ids
     assert all(state.applied for state in migrations.status(url))
-    assert {"users", "conversations", "messages"} <= tables(url)
+    assert tables(url) == TABLES
     assert migrations.upgrade(url) == []  # idempotent
 
     assert migrations.downgrade(url, to="zero") == list(reversed(all_ids))
@@ -86,6 +121,15 @@ def test_upgrade_downgrade_zero_upgrade_again(url: str, tmp_path: Path) -> None:
     assert migrations.upgrade(url) == all_ids
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT id FROM users").fetchall() == [("local",)]
+
+
+def test_same_tables_and_columns_as_sqlite(url: str, tmp_path: Path) -> None:
+    """Column for column (names and order), so `db copy` and the core see one schema;
+    PostgreSQL adds only the search vector (SQLite keeps it in its FTS5 table)."""
+    migrations.upgrade(url)
+    on_postgres = postgres_columns(url)
+    on_postgres["messages"].remove("search_tsv")
+    assert on_postgres == sqlite_columns(tmp_path / "x.db")
 
 
 def test_rows_survive_rolling_back_later_migrations(url: str) -> None:

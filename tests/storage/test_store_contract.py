@@ -26,12 +26,21 @@ from psycopg import sql
 
 from byok.server.conversations.model import Conversation, Message, Role, Usage
 from byok.server.conversations.service import Conversations
-from byok.server.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument
+from byok.server.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from byok.server.filtering import Condition
-from byok.server.storage import ImportRecord, Store, migrations
+from byok.server.storage import FullStore, ImportRecord, migrations
+from byok.server.storage.accounts import ApiKeyRecord, ProviderKeyRecord
+from byok.server.storage.base import User
 from byok.server.storage.postgres import PostgresStore
 from byok.server.storage.postgres.store import parse_search_query
 from byok.server.storage.sqlite import SqliteStore
+from byok.server.storage.workspace import ModelProfile, Params, Space
 
 ADMIN_URL = os.environ.get("BYOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 POSTGRES_HINT = (
@@ -110,13 +119,13 @@ class Location:
     backend: str
     target: str  # SQLite file path or PostgreSQL URL
 
-    async def open(self) -> Store:
+    async def open(self) -> FullStore:
         if self.backend == "sqlite":
             return await SqliteStore.open(Path(self.target))
         return await PostgresStore.open(self.target, migrate=False)
 
     def add_user(self, user_id: str) -> None:
-        """Users have no Store method yet: insert one directly."""
+        """A second user, inserted directly (create_user is under test itself)."""
         insert = "INSERT INTO users (id, name, display_name, create_time) VALUES ({0}, {0}, '', 1)"
         if self.backend == "sqlite":
             with sqlite3.connect(self.target) as conn:
@@ -136,7 +145,7 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
 
 
 @pytest.fixture
-async def store(location: Location) -> AsyncIterator[Store]:
+async def store(location: Location) -> AsyncIterator[FullStore]:
     opened = await location.open()
     location.add_user(OTHER)
     try:
@@ -157,7 +166,7 @@ def new_msg(content: str, role: Role = Role.USER, **kw: Any) -> Message:
     return Message(id=uuid.uuid4().hex, conversation_id="", role=role, content=content, **kw)
 
 
-async def thread(store: Store, title: str = "", *texts: str, **kw: Any) -> Conversation:
+async def thread(store: FullStore, title: str = "", *texts: str, **kw: Any) -> Conversation:
     conv, created = await store.create_conversation(USER, new_conv(title=title, **kw))
     assert created
     for text in texts:
@@ -165,14 +174,14 @@ async def thread(store: Store, title: str = "", *texts: str, **kw: Any) -> Conve
     return conv
 
 
-async def say(store: Store, conv: Conversation, text: str, **kw: Any) -> Message:
+async def say(store: FullStore, conv: Conversation, text: str, **kw: Any) -> Message:
     stored = await store.append_messages(USER, conv.id, [new_msg(text, **kw)])
     assert stored is not None
     return stored[0]
 
 
 async def search(
-    store: Store,
+    store: FullStore,
     query: str,
     *,
     conversation_id: str | None = None,
@@ -195,7 +204,7 @@ async def search(
 # -- users --------------------------------------------------------------------------------
 
 
-async def test_ping_and_users(store: Store) -> None:
+async def test_ping_and_users(store: FullStore) -> None:
     await store.ping()
     user = await store.get_user(USER)
     assert user is not None and user.name == "local" and not user.disabled
@@ -206,7 +215,7 @@ async def test_ping_and_users(store: Store) -> None:
 # -- conversations ------------------------------------------------------------------------
 
 
-async def test_create_get_and_request_id_idempotency(store: Store) -> None:
+async def test_create_get_and_request_id_idempotency(store: FullStore) -> None:
     conv, created = await store.create_conversation(
         USER,
         new_conv("c1", title="Trip", metadata={"k": "v"}, space_id="s1", pinned=True),
@@ -240,7 +249,7 @@ async def test_create_get_and_request_id_idempotency(store: Store) -> None:
         await store.create_conversation(OTHER, new_conv("c1"))
 
 
-async def test_other_users_rows_are_invisible(store: Store) -> None:
+async def test_other_users_rows_are_invisible(store: FullStore) -> None:
     conv = await thread(store, "mine", "secret words")
     msg = await store.list_messages(USER, conv.id, descending=False, limit=10, after_seq=None)
     assert msg
@@ -277,7 +286,7 @@ async def test_other_users_rows_are_invisible(store: Store) -> None:
     assert [c async for c in store.export_conversations(OTHER, [conv.id])] == []
 
 
-async def test_update_conversation_fields_and_etag(store: Store) -> None:
+async def test_update_conversation_fields_and_etag(store: FullStore) -> None:
     conv = await thread(store, "old")
     updated = await store.update_conversation(
         USER,
@@ -314,7 +323,7 @@ async def test_update_conversation_fields_and_etag(store: Store) -> None:
     assert await store.update_conversation(USER, "nope", {"title": "x"}, expected_etag=None) is None
 
 
-async def test_delete_conversation_pinned_needs_force(store: Store) -> None:
+async def test_delete_conversation_pinned_needs_force(store: FullStore) -> None:
     conv = await thread(store, "keep", "hello there", pinned=True)
     with pytest.raises(FailedPrecondition) as err:
         await store.delete_conversation(USER, conv.id, expected_etag=None, force=False)
@@ -332,7 +341,7 @@ async def test_delete_conversation_pinned_needs_force(store: Store) -> None:
     assert await store.delete_conversation(USER, plain.id, expected_etag=None, force=False)
 
 
-async def test_list_conversations_filters_order_and_keyset(store: Store) -> None:
+async def test_list_conversations_filters_order_and_keyset(store: FullStore) -> None:
     convs = []
     for i in range(7):
         conv = await thread(
@@ -408,7 +417,7 @@ async def test_list_conversations_filters_order_and_keyset(store: Store) -> None
 # -- messages -----------------------------------------------------------------------------
 
 
-async def test_append_messages_counters_and_last_model(store: Store) -> None:
+async def test_append_messages_counters_and_last_model(store: FullStore) -> None:
     conv = await thread(store, "t")
     stored = await store.append_messages(
         USER,
@@ -463,7 +472,7 @@ async def test_append_messages_counters_and_last_model(store: Store) -> None:
     assert await store.get_message(USER, conv.id, "nope") is None
 
 
-async def test_append_request_id_returns_the_first_message(store: Store) -> None:
+async def test_append_request_id_returns_the_first_message(store: FullStore) -> None:
     conv = await thread(store)
     first = await store.append_messages(USER, conv.id, [new_msg("once")], request_id="q1")
     retry = await store.append_messages(USER, conv.id, [new_msg("twice")], request_id="q1")
@@ -477,14 +486,14 @@ async def test_append_request_id_returns_the_first_message(store: Store) -> None
 
 
 async def test_concurrent_appends_from_two_stores_keep_exact_counters(
-    store: Store, location: Location
+    store: FullStore, location: Location
 ) -> None:
     """Two replicas (two stores on one database) appending to one thread at once."""
     conv = await thread(store)
     replica = await location.open()
     try:
 
-        async def writer(s: Store, n: int) -> None:
+        async def writer(s: FullStore, n: int) -> None:
             for i in range(n):
                 await s.append_messages(USER, conv.id, [new_msg(f"m{i}", usage=Usage(1, 2))])
 
@@ -514,7 +523,7 @@ async def test_concurrent_appends_from_two_stores_keep_exact_counters(
         await replica.close()
 
 
-async def test_list_messages_paging(store: Store) -> None:
+async def test_list_messages_paging(store: FullStore) -> None:
     conv = await thread(store, "t", *(f"m{i}" for i in range(7)))
     for descending in (False, True):
         seen: list[str] = []
@@ -537,7 +546,7 @@ async def test_list_messages_paging(store: Store) -> None:
     assert await store.list_messages(USER, empty.id, descending=True, limit=3, after_seq=None) == []
 
 
-async def test_update_and_delete_message_keep_counters(store: Store) -> None:
+async def test_update_and_delete_message_keep_counters(store: FullStore) -> None:
     conv = await thread(store)
     question = await say(store, conv, "hello", usage=Usage(5, 0))
     answer = await say(store, conv, "world", role=Role.ASSISTANT, usage=Usage(1, 9), model="m")
@@ -591,7 +600,7 @@ async def test_update_and_delete_message_keep_counters(store: Store) -> None:
 # -- search -------------------------------------------------------------------------------
 
 
-async def test_search_words_phrases_prefix_and_titles(store: Store) -> None:
+async def test_search_words_phrases_prefix_and_titles(store: FullStore) -> None:
     rust = await thread(store, "Rust lifetimes")
     cook = await thread(store, "Cooking")
     question = await say(store, rust, "How do lifetimes work with borrowed references?")
@@ -648,7 +657,7 @@ async def test_search_words_phrases_prefix_and_titles(store: Store) -> None:
     assert ranking[0] == question.content and ranking[-1] in (answer.content, "nothing relevant")
 
 
-async def test_search_ranks_by_relevance(store: Store) -> None:
+async def test_search_ranks_by_relevance(store: FullStore) -> None:
     conv = await thread(store)
     await say(store, conv, "apple cherry date elderberry fig grape")
     await say(store, conv, "apple banana apple")
@@ -659,7 +668,7 @@ async def test_search_ranks_by_relevance(store: Store) -> None:
     ]
 
 
-async def test_search_filters_and_scope(store: Store) -> None:
+async def test_search_filters_and_scope(store: FullStore) -> None:
     a = await thread(store, "A", space_id="s1")
     b = await thread(store, "B", space_id="s2")
     first = await say(store, a, "shared word from user")
@@ -686,7 +695,7 @@ async def test_search_filters_and_scope(store: Store) -> None:
     assert err.value.violations[0].field == "filter"
 
 
-async def test_search_newest_pages_backwards(store: Store) -> None:
+async def test_search_newest_pages_backwards(store: FullStore) -> None:
     conv = await thread(store)
     for i in range(7):
         await say(store, conv, f"kiwi number {i}")
@@ -715,7 +724,7 @@ async def test_search_newest_pages_backwards(store: Store) -> None:
     assert scoped[0].conversation_title == ""
 
 
-async def test_search_rank_window_and_snapshot(store: Store) -> None:
+async def test_search_rank_window_and_snapshot(store: FullStore) -> None:
     conv = await thread(store)
     for i in range(6):
         await say(store, conv, f"plum {i}")
@@ -739,7 +748,7 @@ async def test_search_rank_window_and_snapshot(store: Store) -> None:
     assert await store.search_hits(USER, "plum", []) == []
 
 
-async def test_search_index_follows_edits_and_deletes(store: Store) -> None:
+async def test_search_index_follows_edits_and_deletes(store: FullStore) -> None:
     rust = await thread(store, "Rust")
     cook = await thread(store, "Cooking")
     answer = await say(store, rust, "A borrowed reference cannot outlive its owner.")
@@ -763,7 +772,7 @@ async def test_search_index_follows_edits_and_deletes(store: Store) -> None:
     assert await search(store, "egg*") == []
 
 
-async def test_core_search_pages_are_stable(store: Store) -> None:
+async def test_core_search_pages_are_stable(store: FullStore) -> None:
     """The conversations core over this store: relevance pages come from one ranking
     per snapshot, time pages by keyset; later inserts never repeat or reorder hits."""
     core = Conversations(store)
@@ -789,7 +798,7 @@ async def test_core_search_pages_are_stable(store: Store) -> None:
 @pytest.mark.parametrize(
     "bad", ['"unbalanced', "AND", "nosuchcolumn: x", "a OR", "NOT a", "(a", "a)"]
 )
-async def test_search_query_syntax_errors(store: Store, bad: str) -> None:
+async def test_search_query_syntax_errors(store: FullStore, bad: str) -> None:
     await thread(store, "t", "a b c")
     with pytest.raises(InvalidArgument) as err:
         await search(store, bad)
@@ -800,7 +809,7 @@ async def test_search_query_syntax_errors(store: Store, bad: str) -> None:
         )
 
 
-async def test_large_message_is_stored_and_found(store: Store) -> None:
+async def test_large_message_is_stored_and_found(store: FullStore) -> None:
     """1 MiB of distinct words: past PostgreSQL's tsvector size, still stored."""
     rng = random.Random(7)
     words = (
@@ -820,7 +829,7 @@ async def test_large_message_is_stored_and_found(store: Store) -> None:
 # -- export / import ----------------------------------------------------------------------
 
 
-async def test_export_conversations(store: Store) -> None:
+async def test_export_conversations(store: FullStore) -> None:
     a = await thread(store, "A", "one", "two")
     b = await thread(store, "B")
     c = await thread(store, "C", "three")
@@ -856,7 +865,7 @@ def record(source_key: str, preferred_id: str | None = None, **kw: object) -> Im
     return ImportRecord(**fields)
 
 
-async def test_import_conversation(store: Store) -> None:
+async def test_import_conversation(store: FullStore) -> None:
     conv_id, created = await store.import_conversation(
         USER, record("chatgpt:1"), space_id="sp", new_id="fresh-1"
     )
@@ -912,6 +921,392 @@ async def test_import_conversation(store: Store) -> None:
     assert created and empty is not None
     assert (empty.message_count, empty.last_model) == (0, "")
     assert empty.create_time_us > 2_000_000
+
+
+# -- accounts -----------------------------------------------------------------------------
+
+
+def api_key(key_id: str, user_id: str = USER, name: str = "", at: int = 1_000) -> ApiKeyRecord:
+    return ApiKeyRecord(key_id, user_id, name, f"byok_{key_id[:7]}", at, 0, False)
+
+
+def provider_key(provider: str, secret: bytes = b"\x00\xffsecret\x00") -> ProviderKeyRecord:
+    return ProviderKeyRecord(provider, b"\x01" * 12, secret, "cret", 0, 0)
+
+
+async def test_users_create_find_list_and_disable(store: FullStore) -> None:
+    ada = await store.create_user(User("u-ada", "ada", "Ada L.", True, 0))
+    assert (ada.id, ada.name, ada.display_name, ada.disabled) == ("u-ada", "ada", "Ada L.", False)
+    assert ada.create_time_us > 1_600_000_000_000_000
+    assert await store.get_user("u-ada") == ada
+    assert await store.get_user_by_name("ada") == ada
+    assert await store.get_user_by_name("nobody") is None
+    with pytest.raises(AlreadyExists) as err:
+        await store.create_user(User("u-other", "ada", "", False, 0))
+    assert err.value.reason == "USER_EXISTS"
+
+    users = await store.list_users()
+    assert [u.name for u in users] == [OTHER, "local", "ada"]  # by create time (bob's is 1)
+    assert users[-1] == ada
+
+    assert await store.set_user_disabled("u-ada", True)
+    got = await store.get_user_by_name("ada")
+    assert got is not None and got.disabled
+    assert await store.set_user_disabled("u-ada", False)
+    assert not (await store.get_user("u-ada") or got).disabled
+    assert not await store.set_user_disabled("nobody", True)
+
+
+async def test_api_keys(store: FullStore) -> None:
+    await store.create_api_key(api_key("k2", name="laptop", at=2_000), "hash-2")
+    await store.create_api_key(api_key("k1", name="phone", at=1_000), "hash-1")
+    await store.create_api_key(api_key("k3", OTHER), "hash-3")
+    mine = await store.list_api_keys(USER)
+    assert [k.id for k in mine] == ["k1", "k2"]  # by create time
+    assert mine[1] == ApiKeyRecord("k2", USER, "laptop", "byok_k2", 2_000, 0, False)
+    assert [k.id for k in await store.list_api_keys(OTHER)] == ["k3"]
+
+    found = await store.find_api_key("hash-2")
+    assert found is not None
+    record, user = found
+    assert record == mine[1] and user.id == USER and user.name == "local"
+    assert await store.find_api_key("nope") is None
+
+    assert await store.revoke_api_key("k2")
+    revoked = await store.find_api_key("hash-2")
+    assert revoked is not None and revoked[0].revoked
+    assert await store.revoke_api_key("k2")  # again: still there, still revoked
+    assert not await store.revoke_api_key("nope")
+    assert [k.revoked for k in await store.list_api_keys(USER)] == [False, True]
+
+
+async def test_provider_keys(store: FullStore) -> None:
+    first = await store.put_provider_key(USER, provider_key("openai"))
+    assert first.provider == "openai" and first.ciphertext == b"\x00\xffsecret\x00"
+    assert first.nonce == b"\x01" * 12 and first.last4 == "cret"
+    assert first.create_time_us == first.update_time_us > 0
+    assert await store.get_provider_key(USER, "openai") == first
+
+    await store.put_provider_key(USER, provider_key("anthropic"))
+    await store.put_provider_key(OTHER, provider_key("openai", b"theirs"))
+    assert [k.provider for k in await store.list_provider_keys(USER)] == ["anthropic", "openai"]
+
+    replaced = await store.put_provider_key(
+        USER, ProviderKeyRecord("openai", b"\x02" * 12, b"new", "4321", 0, 0)
+    )
+    assert (replaced.nonce, replaced.ciphertext, replaced.last4) == (b"\x02" * 12, b"new", "4321")
+    assert replaced.create_time_us == first.create_time_us
+    assert replaced.update_time_us >= first.update_time_us
+    theirs = await store.get_provider_key(OTHER, "openai")
+    assert theirs is not None and theirs.ciphertext == b"theirs"
+
+    assert await store.delete_provider_key(USER, "openai")
+    assert not await store.delete_provider_key(USER, "openai")
+    assert await store.get_provider_key(USER, "openai") is None
+    assert await store.get_provider_key(OTHER, "openai") is not None
+    assert [k.provider for k in await store.list_provider_keys(USER)] == ["anthropic"]
+
+
+async def test_concurrent_provider_key_puts_leave_one_row(
+    store: FullStore, location: Location
+) -> None:
+    replica = await location.open()
+    try:
+        await asyncio.gather(
+            *(
+                s.put_provider_key(USER, provider_key("openai", f"v{i}".encode()))
+                for i, s in enumerate([store, replica] * 5)
+            )
+        )
+        keys = await replica.list_provider_keys(USER)
+        assert len(keys) == 1 and keys[0].ciphertext in {f"v{i}".encode() for i in range(10)}
+    finally:
+        await replica.close()
+
+
+# -- workspace: model profiles ------------------------------------------------------------
+
+
+def profile(profile_id: str, model_key: str = "FAST", **kw: Any) -> ModelProfile:
+    return ModelProfile(id=profile_id, model_key=model_key, **kw)
+
+
+async def test_model_profiles_create_get_list(store: FullStore) -> None:
+    params = Params(system_prompt="Be brief.", temperature=0.2, max_tokens=100, stop=("END",))
+    made, created = await store.create_model_profile(
+        USER,
+        profile("p1", display_name="Brief", description="short answers", params=params),
+        request_id="r1",
+    )
+    assert created and made.seq > 0 and made.revision == 1
+    assert (made.id, made.model_key, made.display_name, made.description) == (
+        "p1",
+        "FAST",
+        "Brief",
+        "short answers",
+    )
+    assert made.params == params and made.create_time_us == made.update_time_us > 0
+    assert await store.get_model_profile(USER, "p1") == made
+    assert await store.get_model_profile(OTHER, "p1") is None
+
+    again, created = await store.create_model_profile(USER, profile("p-x"), request_id="r1")
+    assert not created and again == made
+    assert await store.get_model_profile(USER, "p-x") is None
+    with pytest.raises(AlreadyExists) as err:
+        await store.create_model_profile(OTHER, profile("p1"))
+    assert err.value.reason == "MODEL_PROFILE_EXISTS"
+    assert err.value.metadata == {"name": "modelProfiles/p1"}
+
+    for i in range(2, 7):
+        await store.create_model_profile(USER, profile(f"p{i}"))
+    await store.create_model_profile(OTHER, profile("theirs"))
+    seen: list[str] = []
+    before: int | None = None
+    while True:
+        page = await store.list_model_profiles(USER, limit=4, before_seq=before)
+        seen += [p.id for p in page]
+        if len(page) < 4:
+            break
+        before = page[-1].seq
+    assert seen == ["p6", "p5", "p4", "p3", "p2", "p1"]  # newest first
+    assert [p.id for p in await store.list_model_profiles(OTHER, limit=9, before_seq=None)] == [
+        "theirs"
+    ]
+
+
+async def test_update_model_profile_fields_params_and_etag(store: FullStore) -> None:
+    made, _ = await store.create_model_profile(
+        USER, profile("p", params=Params(temperature=0.5, top_p=0.9))
+    )
+    updated = await store.update_model_profile(
+        USER,
+        "p",
+        {"display_name": "New", "description": "d", "model_key": "SMART"},
+        expected_etag=made.etag,
+    )
+    assert updated is not None and updated.revision == 2
+    assert (updated.display_name, updated.description, updated.model_key) == ("New", "d", "SMART")
+    assert updated.params == made.params and updated.create_time_us == made.create_time_us
+    assert await store.get_model_profile(USER, "p") == updated
+
+    merged = await store.update_model_profile(
+        USER, "p", {"param_fields": {"temperature": None, "max_tokens": 7}}, expected_etag=None
+    )
+    assert merged is not None and merged.params == Params(top_p=0.9, max_tokens=7)
+    whole = await store.update_model_profile(
+        USER, "p", {"params": Params(stop=("a", "b"))}, expected_etag=None
+    )
+    assert whole is not None and whole.params == Params(stop=("a", "b"))
+    assert (await store.get_model_profile(USER, "p") or made).params == Params(stop=("a", "b"))
+
+    with pytest.raises(Aborted) as err:
+        await store.update_model_profile(USER, "p", {"description": "x"}, expected_etag=made.etag)
+    assert err.value.metadata == {"name": "modelProfiles/p"}
+    with pytest.raises(ValueError, match="cannot update"):
+        await store.update_model_profile(USER, "p", {"seq": 1}, expected_etag=None)
+    assert (
+        await store.update_model_profile(OTHER, "p", {"description": "x"}, expected_etag=None)
+        is None
+    )
+    assert (
+        await store.update_model_profile(USER, "nope", {"description": "x"}, expected_etag=None)
+        is None
+    )
+
+
+# -- workspace: spaces --------------------------------------------------------------------
+
+
+async def test_spaces_create_get_list_and_count(store: FullStore) -> None:
+    made, created = await store.create_space(
+        USER, Space("s1", display_name="Work", description="job"), request_id="r1"
+    )
+    assert created and made.seq > 0 and made.revision == 1
+    assert (made.id, made.display_name, made.description, made.default_profile_id) == (
+        "s1",
+        "Work",
+        "job",
+        "",
+    )
+    assert made.profile_ids == [] and made.conversation_count == 0
+    assert made.create_time_us == made.update_time_us > 0
+    again, created = await store.create_space(USER, Space("s-x", "x"), request_id="r1")
+    assert not created and again == made
+    with pytest.raises(AlreadyExists) as err:
+        await store.create_space(OTHER, Space("s1", "theirs"))
+    assert err.value.reason == "SPACE_EXISTS" and err.value.metadata == {"name": "spaces/s1"}
+
+    await thread(store, "a", space_id="s1")
+    await thread(store, "b", space_id="s1")
+    await thread(store, "c", space_id="")
+    got = await store.get_space(USER, "s1")
+    assert got is not None and got.conversation_count == 2
+    assert replace(got, conversation_count=0) == made
+    assert await store.space_exists(USER, "s1")
+    assert not await store.space_exists(OTHER, "s1")
+    assert not await store.space_exists(USER, "s-x")
+    assert await store.get_space(OTHER, "s1") is None
+
+    for i in range(2, 6):
+        await store.create_space(USER, Space(f"s{i}", f"S{i}"))
+    seen: list[str] = []
+    before: int | None = None
+    while True:
+        page = await store.list_spaces(USER, limit=2, before_seq=before)
+        seen += [s.id for s in page]
+        if len(page) < 2:
+            break
+        before = page[-1].seq
+    assert seen == ["s5", "s4", "s3", "s2", "s1"]
+    assert await store.list_spaces(OTHER, limit=5, before_seq=None) == []
+
+
+async def test_link_unlink_and_default_profile(store: FullStore) -> None:
+    space, _ = await store.create_space(USER, Space("s", "S"))
+    for i in (1, 2, 3):
+        await store.create_model_profile(USER, profile(f"p{i}"))
+    await store.create_model_profile(OTHER, profile("theirs"))
+
+    one = await store.link_model_profile(USER, "s", "p2", make_default=False)
+    assert one is not None and one.profile_ids == ["p2"] and one.revision == 2
+    two = await store.link_model_profile(USER, "s", "p1", make_default=True)
+    assert two is not None and two.profile_ids == ["p2", "p1"]  # link order
+    assert two.default_profile_id == "p1" and two.revision == 3
+    same = await store.link_model_profile(USER, "s", "p1", make_default=True)
+    assert same == two  # linking again changes nothing, not even the etag
+    listed = await store.list_spaces(USER, limit=5, before_seq=None)
+    assert listed == [two]
+
+    with pytest.raises(NotFound) as missing:
+        await store.link_model_profile(USER, "s", "theirs", make_default=False)
+    assert missing.value.metadata == {"name": "modelProfiles/theirs"}
+    assert await store.link_model_profile(USER, "nope", "p1", make_default=False) is None
+    assert await store.link_model_profile(OTHER, "s", "theirs", make_default=False) is None
+
+    with pytest.raises(FailedPrecondition) as err:
+        await store.update_space(USER, "s", {"default_profile_id": "p3"}, expected_etag=None)
+    assert err.value.reason == "MODEL_PROFILE_NOT_LINKED"
+    assert err.value.metadata == {"space": "spaces/s", "model_profile": "modelProfiles/p3"}
+    with pytest.raises(NotFound):
+        await store.update_space(USER, "s", {"default_profile_id": "theirs"}, expected_etag=None)
+    moved = await store.update_space(
+        USER, "s", {"default_profile_id": "p2", "display_name": "S2"}, expected_etag=two.etag
+    )
+    assert moved is not None and moved.default_profile_id == "p2" and moved.display_name == "S2"
+    with pytest.raises(Aborted):
+        await store.update_space(USER, "s", {"description": "x"}, expected_etag=two.etag)
+    cleared = await store.update_space(USER, "s", {"default_profile_id": ""}, expected_etag=None)
+    assert cleared is not None and cleared.default_profile_id == ""
+    with pytest.raises(ValueError, match="cannot update"):
+        await store.update_space(USER, "s", {"user_id": "x"}, expected_etag=None)
+    assert await store.update_space(OTHER, "s", {"description": "x"}, expected_etag=None) is None
+
+    await store.link_model_profile(USER, "s", "p2", make_default=True)
+    unlinked = await store.unlink_model_profile(USER, "s", "p2")  # the default: cleared
+    assert unlinked is not None and unlinked.profile_ids == ["p1"]
+    assert unlinked.default_profile_id == ""
+    again = await store.unlink_model_profile(USER, "s", "p2")  # not linked: no change
+    assert again == unlinked
+    with pytest.raises(NotFound):
+        await store.unlink_model_profile(USER, "s", "nope")
+    assert await store.unlink_model_profile(USER, "nope", "p1") is None
+    assert space.revision == 1
+
+
+async def test_delete_model_profile_updates_the_spaces_linking_it(store: FullStore) -> None:
+    await store.create_model_profile(USER, profile("p1"))
+    made, _ = await store.create_model_profile(USER, profile("p2"))
+    for space_id in ("a", "b", "c"):
+        await store.create_space(USER, Space(space_id, space_id))
+    await store.link_model_profile(USER, "a", "p1", make_default=False)
+    await store.link_model_profile(USER, "a", "p2", make_default=True)
+    await store.link_model_profile(USER, "b", "p2", make_default=False)
+    await store.link_model_profile(USER, "c", "p1", make_default=True)
+    before = {s.id: s for s in await store.list_spaces(USER, limit=9, before_seq=None)}
+
+    with pytest.raises(Aborted):
+        await store.delete_model_profile(USER, "p2", expected_etag="stale")
+    assert not await store.delete_model_profile(OTHER, "p2", expected_etag=None)
+    assert await store.delete_model_profile(USER, "p2", expected_etag=made.etag)
+    assert await store.get_model_profile(USER, "p2") is None
+    assert not await store.delete_model_profile(USER, "p2", expected_etag=None)
+
+    after = {s.id: s for s in await store.list_spaces(USER, limit=9, before_seq=None)}
+    assert (after["a"].profile_ids, after["a"].default_profile_id) == (["p1"], "")
+    assert (after["b"].profile_ids, after["b"].default_profile_id) == ([], "")
+    assert after["c"] == before["c"]  # untouched, same etag
+    assert after["a"].revision == before["a"].revision + 1
+    assert after["b"].revision == before["b"].revision + 1
+
+
+async def test_delete_space_with_conversations_needs_force(store: FullStore) -> None:
+    space, _ = await store.create_space(USER, Space("s", "S"))
+    await store.create_model_profile(USER, profile("p"))
+    await store.link_model_profile(USER, "s", "p", make_default=True)
+    inside = await thread(store, "inside", "kept words", space_id="s")
+    outside = await thread(store, "outside", space_id="")
+    with pytest.raises(FailedPrecondition) as err:
+        await store.delete_space(USER, "s", expected_etag=None, force=False)
+    assert err.value.reason == "SPACE_NOT_EMPTY"
+    assert err.value.metadata == {"name": "spaces/s", "conversation_count": "1"}
+    with pytest.raises(Aborted):
+        await store.delete_space(USER, "s", expected_etag=space.etag, force=True)
+    assert not await store.delete_space(OTHER, "s", expected_etag=None, force=True)
+
+    assert await store.delete_space(USER, "s", expected_etag=None, force=True)
+    assert await store.get_space(USER, "s") is None
+    assert await store.get_conversation(USER, inside.id) is None
+    assert await store.get_conversation(USER, outside.id) is not None
+    assert await search(store, "kept") == []
+    assert await store.get_model_profile(USER, "p") is not None  # profiles stay
+    assert not await store.delete_space(USER, "s", expected_etag=None, force=True)
+
+    empty, _ = await store.create_space(USER, Space("e", "E"))
+    assert await store.delete_space(USER, "e", expected_etag=empty.etag, force=False)
+
+
+async def test_concurrent_workspace_writes_from_two_stores(
+    store: FullStore, location: Location
+) -> None:
+    """Two replicas linking, unlinking, re-defaulting and deleting profiles of the same
+    spaces at once: no deadlock, no error, and every default stays a linked profile."""
+    replica = await location.open()
+    try:
+        for i in range(4):
+            await store.create_space(USER, Space(f"s{i}", f"S{i}"))
+            await store.create_model_profile(USER, profile(f"p{i}"))
+        rng = random.Random(3)
+
+        async def churn(s: FullStore, n: int) -> None:
+            for _ in range(n):
+                space_id, profile_id = f"s{rng.randrange(4)}", f"p{rng.randrange(4)}"
+                action = rng.randrange(3)
+                if action == 0:
+                    await s.link_model_profile(USER, space_id, profile_id, make_default=True)
+                elif action == 1:
+                    await s.unlink_model_profile(USER, space_id, profile_id)
+                else:
+                    await s.link_model_profile(USER, space_id, profile_id, make_default=False)
+
+        await asyncio.gather(churn(store, 30), churn(replica, 30), churn(store, 30))
+        deleted = await asyncio.gather(
+            store.delete_model_profile(USER, "p0", expected_etag=None),
+            replica.delete_model_profile(USER, "p0", expected_etag=None),
+            replica.link_model_profile(USER, "s1", "p1", make_default=True),
+        )
+        assert sorted(deleted[:2]) == [False, True]
+        for space in await replica.list_spaces(USER, limit=9, before_seq=None):
+            assert "p0" not in space.profile_ids
+            assert space.default_profile_id in ("", *space.profile_ids), space
+        created = await asyncio.gather(
+            *(
+                s.create_space(USER, Space(f"dup{i}", "D"), request_id="once")
+                for i, s in enumerate([store, replica] * 3)
+            )
+        )
+        assert len({sp.id for sp, _ in created}) == 1 and sum(new for _, new in created) == 1
+    finally:
+        await replica.close()
 
 
 # -- PostgreSQL only: the search query parser ------------------------------------------

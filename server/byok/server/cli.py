@@ -14,6 +14,7 @@ import typer
 from byok.server import app as app_module
 from byok.server.accounts.provider_keys import new_master_key
 from byok.server.accounts.users import Accounts
+from byok.server.cli_db_copy import db_copy
 from byok.server.config import Settings, SettingsError, load_settings
 from byok.server.errors import ByokError
 from byok.server.observability import configure_logging
@@ -30,8 +31,9 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+db_cli = typer.Typer(help="Database schema migrations and copying.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+db_cli.command("copy")(db_copy)
 users_cli = typer.Typer(help="Users (AUTH_MODE=keys).", no_args_is_help=True)
 cli.add_typer(users_cli, name="users")
 keys_cli = typer.Typer(

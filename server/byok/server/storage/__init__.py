@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 from byok.server.storage.accounts import AccountStore
 from byok.server.storage.base import ImportRecord, Store, User
@@ -25,8 +25,7 @@ async def open_store(settings: Settings) -> FullStore:
     if settings.database_url is not None:
         from byok.server.storage.postgres import PostgresStore
 
-        store = await PostgresStore.open(settings.database_url.get_secret_value())
-        return cast(FullStore, store)
+        return await PostgresStore.open(settings.database_url.get_secret_value())
     from byok.server.storage.sqlite import SqliteStore
 
     return await SqliteStore.open(

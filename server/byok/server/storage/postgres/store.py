@@ -10,17 +10,13 @@ Every statement is parameterized (`$n`); the only SQL text built at run time joi
 fixed column names chosen from whitelists. Search queries are parsed here into tsquery
 text, which travels as a bind parameter to `to_tsquery` (see `parse_search_query`).
 
-Adding a table: a migration under `migrations/` (same number and name as on SQLite), then
-its methods on `PostgresBase` (`_tx` for writes, `_pool` for reads, `_Args` for `$n`): a
-mixin per area, as `sqlite/` has, once there is a `postgres/base.py` to hold the base.
+Accounts and workspaces live in their mixins (`accounts.py`, `workspace.py`), on the
+pool and transactions of `base.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,15 +30,25 @@ from byok.server.conversations.model import (
     Role,
     SearchHit,
     Usage,
-    etag_of,
 )
-from byok.server.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument
+from byok.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from byok.server.filtering import Condition
 from byok.server.storage import migrations
 from byok.server.storage.base import ImportRecord, User
+from byok.server.storage.postgres.accounts import AccountsMixin
+from byok.server.storage.postgres.base import (
+    _Args,
+    _check_etag,
+    asyncpg_dsn,
+    create_pool,
+    now_us,
+)
+from byok.server.storage.postgres.workspace import WorkspaceMixin
 
-if TYPE_CHECKING:  # the stubs' generic types are not subscriptable at run time
-    Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+if TYPE_CHECKING:
+    from byok.server.storage.postgres.base import Connection
+
+__all__ = ["PostgresStore", "asyncpg_dsn", "parse_search_query"]
 
 CONV_COLS = (
     "c.seq, c.id, c.title, c.metadata, c.space_id, c.pinned, c.archived, c.last_model,"
@@ -92,21 +98,6 @@ _SNIPPET = (
     " ELSE ts_headline('simple', c.title, {q}, {opts}) END,"
     " ts_filter(m.search_tsv, '{{a}}') @@ {q} OR NOT ts_filter(m.search_tsv, '{{b}}') @@ {q}"
 )
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-class _Args:
-    """Bind values of one statement: `args(value)` stores it and returns its `$n`."""
-
-    def __init__(self, *values: Any) -> None:
-        self.values: list[Any] = list(values)
-
-    def __call__(self, value: Any) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
 
 
 def _where(conditions: Sequence[Condition], columns: Mapping[str, str], args: _Args) -> str:
@@ -182,14 +173,6 @@ def _message_values(
     )
 
 
-def _check_etag(expected: str | None, resource_id: str, revision: int, name: str) -> None:
-    if expected and expected != etag_of(resource_id, revision):
-        raise Aborted(
-            f"{name} was changed by someone else (etag mismatch); get it again and retry",
-            metadata={"name": name},
-        )
-
-
 def _conversation_exists(conversation_id: str) -> AlreadyExists:
     return AlreadyExists(
         f"conversations/{conversation_id} already exists",
@@ -198,38 +181,12 @@ def _conversation_exists(conversation_id: str) -> AlreadyExists:
     )
 
 
-async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
-    for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+class PostgresStore(AccountsMixin, WorkspaceMixin):
+    """Open with `PostgresStore.open(url)`, which also brings the schema to head.
 
-
-def asyncpg_dsn(url: str) -> str:
-    """asyncpg takes postgres:// and postgresql:// only; drop a +driver suffix."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower().partition("+")[0] not in ("postgres", "postgresql"):
-        raise ValueError("expected a postgresql://user:password@host:port/database URL")
-    return "postgresql://" + rest
-
-
-class PostgresBase:
-    """What every part of the PostgreSQL store relies on: the pool and transactions.
-
-    The counterpart of `sqlite/base.py`'s SqliteBase: when accounts and workspaces
-    arrive, this class (with `_Args`, `now_us`, `_init_connection`) moves to
-    `postgres/base.py` and each area becomes a mixin on it, as on SQLite.
+    Conversations live here; accounts (users, API keys, provider keys) and workspaces
+    (spaces, model profiles) in their mixins, on the same pool.
     """
-
-    _pool: asyncpg.Pool[asyncpg.Record]
-
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Connection]:
-        """One write transaction (READ COMMITTED); rolled back on any error."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield conn
-
-
-class PostgresStore(PostgresBase):
-    """Open with `PostgresStore.open(url)`, which also brings the schema to head."""
 
     def __init__(self, url: str, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         self.url = url
@@ -244,16 +201,7 @@ class PostgresStore(PostgresBase):
         if migrate:
             # yoyo is synchronous; it takes the advisory lock, so replicas take turns.
             await asyncio.to_thread(migrations.upgrade, url, "postgres")
-        pool = await asyncpg.create_pool(
-            asyncpg_dsn(url),
-            min_size=min_size,
-            max_size=max_size,
-            init=_init_connection,
-            # asyncpg prepares every statement; a generic plan (chosen after five runs)
-            # cannot see which search words are rare and walks the whole table for them.
-            server_settings={"plan_cache_mode": "force_custom_plan"},
-        )
-        return cls(url, pool)
+        return cls(url, await create_pool(url, min_size=min_size, max_size=max_size))
 
     async def close(self) -> None:
         if self._closed:
@@ -310,6 +258,8 @@ class PostgresStore(PostgresBase):
                 if row is not None:
                     return _conversation(row), False
             raise _conversation_exists(conv.id) from None
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound(f"no user {user_id!r}", reason="USER_NOT_FOUND") from None
         assert row is not None
         return _conversation(row), True
 

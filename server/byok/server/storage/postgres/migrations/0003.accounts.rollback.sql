@@ -1,0 +1,2 @@
+DROP TABLE provider_keys;
+DROP TABLE api_keys;
