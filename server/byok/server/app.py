@@ -46,8 +46,10 @@ class App:
         self.routing = routing if routing is not None else load_routing()
         self.providers: dict[str, Provider] = {}
         self.chat: ChatEngine | None = None
-        self.metrics = Metrics(
-            db_size=None if settings.database_url else sqlite_size(settings.database_path)
+        self.metrics: Metrics | None = (
+            Metrics(db_size=None if settings.database_url else sqlite_size(settings.database_path))
+            if settings.metrics_enabled
+            else None
         )
         self.limiter = build_limiter(
             settings.rate_limit_per_min,
@@ -75,7 +77,7 @@ class App:
         self.store = await open_store(s)
         # The tokenizer takes ~2 s to load: pay it now, not inside the first turn.
         await asyncio.to_thread(tokens.load_encoding)
-        store = instrument_store(self.store, self.metrics)
+        store = instrument_store(self.store, self.metrics) if self.metrics else self.store
         try:
             conversations = Conversations(store, workspace=store)
             routes = RouteTable(self.routing)

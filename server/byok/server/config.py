@@ -122,6 +122,9 @@ class Settings(BaseSettings):
         default=2048, ge=256, le=131_072, validation_alias=AliasChoices("LOCAL_MODEL_CONTEXT")
     )
 
+    # Metrics are always on in production; off exists so bench/chat_overhead.py can show
+    # what they cost in the same run.
+    metrics_enabled: bool = Field(default=True, validation_alias=AliasChoices("BYOK_METRICS"))
     sse_heartbeat_seconds: float = Field(
         default=15.0, gt=0, le=3600, validation_alias=AliasChoices("SSE_HEARTBEAT_SECONDS")
     )

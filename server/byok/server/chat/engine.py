@@ -138,7 +138,7 @@ class ChatEngine:
         self.stats = stats
         self.history_token_budget = history_token_budget
         self.context_limits = dict(context_limits or {})
-        self.metrics = metrics or Metrics(process=False)
+        self.metrics = metrics
         self.limiter = limiter
         # Set when the server stops: turns cut by the grace period say "shutdown".
         self.shutting_down = False
@@ -247,7 +247,12 @@ class ChatEngine:
         first_token: float | None = None
         end: StreamEnd | None = None
         completion_tokens = 0
-        with self.metrics.llm_turn(route.key, route.model_id, route.provider) as measured:
+        measured = (
+            self.metrics.llm_turn(route.key, route.model_id, route.provider)
+            if self.metrics is not None
+            else _Unmeasured()
+        )
+        with measured:
             try:
                 measured.upstream_sent()
                 stream = provider.stream(route.model_id, upstream, params, api_key=api_key)
@@ -395,3 +400,25 @@ def _title_from(content: str) -> str:
 
 def _chat_messages(history: list[Message]) -> list[ChatMessage]:
     return [ChatMessage(_ROLE_NAMES[m.role], m.content) for m in history if m.content]
+
+
+class _Unmeasured:
+    """Stands in for a metrics turn when metrics are off (benchmarks only)."""
+
+    def __enter__(self) -> _Unmeasured:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def upstream_sent(self) -> None: ...
+
+    def first_token(self) -> None: ...
+
+    def upstream_done(self) -> None: ...
+
+    def tokens(self, input_tokens: int, output_tokens: int) -> None: ...
+
+    def finish(
+        self, *, input_tokens: int | None = None, output_tokens: int | None = None
+    ) -> None: ...
