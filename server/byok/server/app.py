@@ -121,6 +121,7 @@ class App:
                 credentials=tls.server_credentials(s) if s.tls else None,
                 metrics=self.metrics,
                 limiter=self.limiter,
+                max_streams_per_user=s.max_streams_per_user,
             )
             sock = bind(s.http_addr)
         except OSError:

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     token_limit_per_min: int = Field(
         default=0, ge=0, le=10**9, validation_alias=AliasChoices("TOKEN_LIMIT_PER_MIN")
     )
+    max_streams_per_user: int = Field(
+        default=16, ge=0, le=100_000, validation_alias=AliasChoices("MAX_STREAMS_PER_USER")
+    )
     use_redis: bool = Field(default=False, validation_alias=AliasChoices("USE_REDIS"))
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),

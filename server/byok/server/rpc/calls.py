@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from byok.server.errors import ByokError, InvalidArgument, Unauthenticated
+from byok.server.errors import ByokError, InvalidArgument, ResourceExhausted, Unauthenticated
 from byok.server.observability import (
     Metrics,
     begin_rpc,
@@ -67,10 +67,32 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         *,
         metrics: Metrics | None = None,
         limiter: RateLimiter | None = None,
+        max_streams_per_user: int = 0,
     ) -> None:
         self.authenticate = authenticate
         self.metrics = metrics
         self.limiter = limiter
+        self.max_streams = max_streams_per_user
+        self._streams: dict[str, int] = {}  # open server streams per user, this process
+
+    def _open_stream(self, user: str) -> None:
+        open_now = self._streams.get(user, 0)
+        if self.max_streams and open_now >= self.max_streams:
+            raise ResourceExhausted(
+                f"too many open streams: at most {self.max_streams} per user "
+                "(MAX_STREAMS_PER_USER); wait for one to finish",
+                reason="TOO_MANY_STREAMS",
+                metadata={"limit": str(self.max_streams)},
+                retry_after=1.0,
+            )
+        self._streams[user] = open_now + 1
+
+    def _close_stream(self, user: str) -> None:
+        left = self._streams.get(user, 1) - 1
+        if left > 0:
+            self._streams[user] = left
+        else:
+            self._streams.pop(user, None)
 
     async def _begin(self, request: Any, context: Context) -> None:
         if isinstance(request, _Undecodable):
@@ -140,8 +162,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             call = begin_rpc(self.metrics, method, "server_stream", _request_id(context))
             error: BaseException | None = None
+            counted = ""
             try:
                 await self._begin(request, context)
+                self._open_stream(current_user.get())
+                counted = current_user.get()
                 async for item in behavior(request, context):
                     yield item
                     call.message_sent()
@@ -158,6 +183,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 error = exc
                 raise
             finally:
+                if counted:
+                    self._close_stream(counted)
                 call.finish(status_of(error, context), current_user.get())
 
         return wrapper

@@ -46,9 +46,17 @@ def build_grpc_server(
     credentials: grpc.ServerCredentials | None = None,
     metrics: Metrics | None = None,
     limiter: RateLimiter | None = None,
+    max_streams_per_user: int = 0,
 ) -> GrpcServer:
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(authenticate, metrics=metrics, limiter=limiter)],
+        interceptors=[
+            CallInterceptor(
+                authenticate,
+                metrics=metrics,
+                limiter=limiter,
+                max_streams_per_user=max_streams_per_user,
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
