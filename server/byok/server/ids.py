@@ -12,6 +12,9 @@ from byok.server.errors import InvalidArgument
 _CALLER_ID = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$|^[a-z]$")
 
 
+MAX_ID_LENGTH = 128  # server ids are 36 characters, caller-chosen ones at most 63
+
+
 def new_id() -> str:
     """A UUIDv7: 48 bits of Unix milliseconds, then random bits (RFC 9562)."""
     millis = time.time_ns() // 1_000_000
@@ -42,4 +45,7 @@ def parse_name(name: str, *collections: str, field: str = "name") -> list[str]:
         parts[2 * i] != c or not parts[2 * i + 1] for i, c in enumerate(collections)
     ):
         raise InvalidArgument.field(field, f"{name!r} is not a resource name of the form {shape}")
-    return [parts[2 * i + 1] for i in range(len(collections))]
+    ids = [parts[2 * i + 1] for i in range(len(collections))]
+    if any(len(part) > MAX_ID_LENGTH for part in ids):
+        raise InvalidArgument.field(field, f"has an id longer than {MAX_ID_LENGTH} characters")
+    return ids

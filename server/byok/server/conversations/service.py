@@ -31,7 +31,7 @@ SEARCH_WINDOW = 2_000
 SEARCH_DEFAULT_PAGE = 20
 SEARCH_MAX_PAGE = 100
 MAX_QUERY = 1000
-RANKING_CACHE = 256
+RANKING_CACHE = 32  # each holds up to SEARCH_WINDOW (seq, score) pairs
 
 ROLE_NAMES = {f"ROLE_{r.name}": int(r) for r in Role}
 
@@ -84,6 +84,23 @@ def check_content(content: str, field_name: str = "content") -> str:
     if len(content.encode("utf-8", "surrogatepass")) > MAX_CONTENT_BYTES:
         raise InvalidArgument.field(field_name, "is larger than 1 MiB")
     return content
+
+
+MAX_TOKENS_FIELD = 10**9  # per message: far above any context window
+MAX_DURATION_US = 86_400 * 1_000_000  # a day
+
+
+def check_generation(message: Message) -> None:
+    """Caller-supplied usage and timings are stored and summed per thread: keep them in
+    range so totals stay exact integers."""
+    for field_name, value, limit in (
+        ("message.usage.prompt_tokens", message.usage.prompt_tokens, MAX_TOKENS_FIELD),
+        ("message.usage.completion_tokens", message.usage.completion_tokens, MAX_TOKENS_FIELD),
+        ("message.latency", message.latency_us, MAX_DURATION_US),
+        ("message.time_to_first_token", message.ttft_us, MAX_DURATION_US),
+    ):
+        if not 0 <= value <= limit:
+            raise InvalidArgument.field(field_name, f"must be between 0 and {limit}")
 
 
 def space_id_of(space: str, field_name: str = "space") -> str:
@@ -310,6 +327,7 @@ class Conversations:
             )
         check_content(message.content, "message.content")
         check_metadata(message.metadata, "message.metadata")
+        check_generation(message)
         message.id = message.id or new_id()
         stored = await self.store.append_messages(
             user_id, conv_id, [message], request_id=request_id or None

@@ -163,6 +163,12 @@ class OpenAICompatProvider:
                     response = await stack.enter_async_context(
                         client.chat.completions.with_streaming_response.create(**request)
                     )
+                kind = response.http_response.headers.get("content-type", "")
+                if "text/event-stream" not in kind:
+                    # Some servers answer a streamed request with a 200 and a JSON error.
+                    async with asyncio.timeout_at(deadline):
+                        raw_body = await response.http_response.aread()
+                    raise self._error_body(raw_body, secrets)
                 body = response.http_response.aiter_bytes()
                 close_body = getattr(body, "aclose", None)
                 if close_body is not None:
@@ -251,6 +257,23 @@ class OpenAICompatProvider:
                 retry_after=DEFAULT_RETRY_AFTER,
             )
         yield StreamEnd(finish_reason or "stop", prompt_tokens, completion_tokens)
+
+    def _error_body(self, raw: bytes, secrets: Sequence[str | None]) -> Unavailable:
+        message = raw[:500].decode("utf-8", "replace")
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(raw)
+            error = parsed.get("error") if isinstance(parsed, dict) else None
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                message = error["message"]
+            elif isinstance(error, str):
+                message = error
+        return Unavailable(
+            f"provider '{self.name}' answered with an error instead of a stream: "
+            f"{redact(message, secrets)[:500]}",
+            reason="UPSTREAM_ERROR",
+            metadata={"provider": self.name},
+            retry_after=1.0,
+        )
 
     def _decode(self, payload: bytes, secrets: Sequence[str | None]) -> dict[str, Any]:
         try:

@@ -16,12 +16,25 @@ from grpc_status import rpc_status
 
 from byok.server.errors import DOMAIN, ByokError
 
+MAX_MESSAGE = 1000  # characters of an error message
+MAX_VALUE = 200  # characters of a metadata value or a violation's description
+
+
+def _cap(text: str, limit: int) -> str:
+    """Errors may quote what the caller sent; a huge value must not make the status
+    itself too large for the caller's metadata limit."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 def to_status(error: ByokError) -> grpc.Status:
     details: list[any_pb2.Any] = []
     info = any_pb2.Any()
     info.Pack(
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+        error_details_pb2.ErrorInfo(
+            reason=error.reason,
+            domain=DOMAIN,
+            metadata={_cap(k, MAX_VALUE): _cap(v, MAX_VALUE) for k, v in error.metadata.items()},
+        )
     )
     details.append(info)
     if error.violations:
@@ -30,7 +43,7 @@ def to_status(error: ByokError) -> grpc.Status:
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_cap(v.field, MAX_VALUE), description=_cap(v.description, MAX_VALUE)
                     )
                     for v in error.violations
                 ]
@@ -44,7 +57,9 @@ def to_status(error: ByokError) -> grpc.Status:
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
     status = status_pb2.Status(
-        code=code_pb2.Code.Value(error.code), message=error.message, details=details
+        code=code_pb2.Code.Value(error.code),
+        message=_cap(error.message, MAX_MESSAGE),
+        details=details,
     )
     result: grpc.Status = rpc_status.to_status(status)
     return result

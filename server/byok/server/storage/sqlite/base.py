@@ -19,6 +19,7 @@ class SqliteBase:
     _writer: aiosqlite.Connection
     _reader: aiosqlite.Connection
     _write_lock: asyncio.Lock
+    _read_lock: asyncio.Lock
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -32,10 +33,13 @@ class SqliteBase:
                 raise
             await asyncio.shield(self._writer.execute("COMMIT"))
 
+    # Reads take turns on the reader connection: in WAL mode a statement that is still
+    # open pins the connection's snapshot, so overlapping statements could keep seeing
+    # the database as it was before a write that was already acknowledged.
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self._reader.execute(sql, params) as cur:
+        async with self._read_lock, self._reader.execute(sql, params) as cur:
             return await cur.fetchone()
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._reader.execute(sql, params) as cur:
+        async with self._read_lock, self._reader.execute(sql, params) as cur:
             return list(await cur.fetchall())

@@ -150,6 +150,7 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
         self._closed = False
 
     @classmethod

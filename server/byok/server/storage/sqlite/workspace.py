@@ -290,7 +290,8 @@ class WorkspaceMixin(SqliteBase):
             return created, True
 
     async def get_space(self, user_id: str, space_id: str) -> Space | None:
-        return await _load_space(self._reader, user_id, space_id)
+        async with self._read_lock:
+            return await _load_space(self._reader, user_id, space_id)
 
     async def space_exists(self, user_id: str, space_id: str) -> bool:
         row = await self._one(
@@ -306,7 +307,8 @@ class WorkspaceMixin(SqliteBase):
             " ORDER BY s.seq DESC LIMIT ?",
             (*params, limit),
         )
-        return await _with_profiles(self._reader, [_space(r) for r in rows])
+        async with self._read_lock:
+            return await _with_profiles(self._reader, [_space(r) for r in rows])
 
     async def update_space(
         self,
