@@ -53,8 +53,11 @@ fmt: $(STAMP)
 
 test: lint gen-check test-py test-node
 
+# The whole suite on the embedded SQLite default, then the service and REST tests again
+# with every server on PostgreSQL (the storage suite itself covers both backends).
 test-py: $(STAMP)
 	$(BIN)/pytest
+	BYOK_TEST_BACKEND=postgres $(BIN)/pytest tests/service tests/gateway/test_rest.py
 
 # The TypeScript client: its generated code must be fresh, and its test calls a live server.
 test-node: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -40,6 +41,8 @@ async def running_app(
     `routes` is the routing environment (MODEL_ROUTE_*, OPENAI_*, ...); the machine's
     own environment is never used, so a developer's real keys cannot leak into tests.
     """
+    if TEST_BACKEND == "postgres" and "database_url" not in overrides:
+        overrides["database_url"] = await postgres_for(data_dir)
     settings = load_settings(
         grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0", data_dir=data_dir, **overrides
     )
@@ -49,6 +52,54 @@ async def running_app(
         yield RunningServer(app, f"127.0.0.1:{app.grpc_port}", f"http://127.0.0.1:{app.http_port}")
     finally:
         await app.stop(grace=1.0)
+
+
+# `make test` runs the service tests once per backend: BYOK_TEST_BACKEND=postgres makes
+# every in-process server use its own fresh PostgreSQL database.
+TEST_BACKEND = os.environ.get("BYOK_TEST_BACKEND", "sqlite")
+POSTGRES_ADMIN = os.environ.get(
+    "BYOK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _postgres_name(data_dir: Path) -> str:
+    return "byok_t_" + hashlib.sha1(str(data_dir).encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+async def postgres_for(data_dir: Path) -> str:
+    """The test database that stands for `data_dir` on the machine's PostgreSQL: made on
+    first use, so a server restarted on the same data folder finds its data again.
+    `drop_test_databases()` removes them when the run ends."""
+    import asyncpg
+
+    name = _postgres_name(data_dir)
+    try:
+        admin = await asyncpg.connect(POSTGRES_ADMIN)
+    except OSError as exc:
+        raise RuntimeError(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN} ({exc}); start it with: "
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+        ) from exc
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return f"{POSTGRES_ADMIN.rsplit('/', 1)[0]}/{name}"
+
+
+async def drop_test_databases() -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(POSTGRES_ADMIN)
+    try:
+        names = await admin.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'byok\\_t\\_%'"
+        )
+        for row in names:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{row[0]}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def free_port() -> int:

@@ -46,11 +46,19 @@ class App:
         self.routing = routing if routing is not None else load_routing()
         self.providers: dict[str, Provider] = {}
         self.chat: ChatEngine | None = None
+        # SQLite's size is its files', read at scrape time; PostgreSQL's is sampled by a
+        # background task (a scrape must not wait on the database).
+        self._db_size: float | None = None
         self.metrics: Metrics | None = (
-            Metrics(db_size=None if settings.database_url else sqlite_size(settings.database_path))
+            Metrics(
+                db_size=(lambda: self._db_size)
+                if settings.database_url
+                else sqlite_size(settings.database_path)
+            )
             if settings.metrics_enabled
             else None
         )
+        self._size_task: asyncio.Task[None] | None = None
         self.limiter = build_limiter(
             settings.rate_limit_per_min,
             settings.token_limit_per_min,
@@ -75,6 +83,8 @@ class App:
     async def start(self) -> None:
         s = self.settings
         self.store = await open_store(s)
+        if s.database_url and self.metrics is not None:
+            self._size_task = asyncio.create_task(self._sample_db_size())
         # The tokenizer takes ~2 s to load: pay it now, not inside the first turn.
         await asyncio.to_thread(tokens.load_encoding)
         store = instrument_store(self.store, self.metrics) if self.metrics else self.store
@@ -166,6 +176,13 @@ class App:
             s.data_dir,
         )
 
+    async def _sample_db_size(self, every: float = 30.0) -> None:
+        size_of = getattr(self.store, "database_size", None)
+        while size_of is not None:
+            with contextlib.suppress(Exception):  # a failed sample keeps the last one
+                self._db_size = float(await size_of())
+            await asyncio.sleep(every)
+
     def _local_factory(self) -> Provider:
         from byok.server.providers.local import LocalProvider  # heavy: only when used
 
@@ -207,6 +224,10 @@ class App:
                 await self._http_task
             if self.http_app is not None and self.http_app.state.gateway is not None:
                 await self.http_app.state.gateway.aclose()
+        if self._size_task is not None:
+            self._size_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._size_task
         await close_all(self.providers)
         if self.limiter is not None:
             await self.limiter.aclose()

@@ -209,6 +209,11 @@ class PostgresStore(AccountsMixin, WorkspaceMixin):
         self._closed = True
         await self._pool.close()
 
+    async def database_size(self) -> int:
+        """Bytes on disk of this database (for the byok_db_size_bytes metric)."""
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT pg_database_size(current_database())"))
+
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")
 
