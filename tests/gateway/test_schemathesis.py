@@ -21,6 +21,7 @@ import pytest
 
 from tests.gateway.conftest import serve_gateway
 from tests.support.servers import running_app
+from tests.support.upstream import ScriptedUpstream
 
 schemathesis = pytest.importorskip(
     "schemathesis", reason="schemathesis is not installed (add it to the dev extra)"
@@ -40,7 +41,15 @@ def server_in_thread(data_dir: Path) -> Iterator[str]:
     stack = contextlib.AsyncExitStack()
 
     async def start() -> str:
-        server = await stack.enter_async_context(running_app(data_dir))
+        # Chat goes to a scripted upstream that echoes at once: the embedded model with
+        # random parameters (up to 512 tokens on a busy CPU) would make timing decide.
+        upstream = await stack.enter_async_context(ScriptedUpstream())
+        routes = {
+            "MODEL_ROUTE_FAST": "openai/gpt-4o-mini",
+            "OPENAI_API_KEY": "sk-schemathesis-000000",
+            "OPENAI_BASE_URL": upstream.base_url,
+        }
+        server = await stack.enter_async_context(running_app(data_dir, routes=routes))
         async with httpx.AsyncClient(base_url=server.http_url) as probe:
             if (await probe.get("/openapi.json")).status_code == 200:
                 return server.http_url

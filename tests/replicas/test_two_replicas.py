@@ -88,6 +88,7 @@ def start_pair(cluster: Cluster, data: Path, **env: str) -> list[ServerProcess]:
         "USE_REDIS": "true",
         "REDIS_URL": REDIS_URL,
         "RATE_LIMIT_FAIL_OPEN": "false",  # a Redis failure must not pass for a shared limit
+        "REDIS_TIMEOUT_SECONDS": "5",  # a busy CI machine must not look like a Redis outage
         "AUTH_MODE": "keys",
         "BYOK_MASTER_KEY": cluster.master_key,
         "MODEL_ROUTE_FAST": "openai/gpt-4o-mini",

@@ -169,8 +169,16 @@ async def replicas(
     made: list[RedisRateLimiter] = []
 
     def make(requests: int, tokens: int, clock: Clock, metrics: Metrics) -> RedisRateLimiter:
+        # A generous Redis timeout: this tests the shared budget, not a slow Redis (a
+        # busy 2-core CI machine can exceed the production 0.25 s and fail open).
         limiter = RedisRateLimiter(
-            requests, tokens, url=REDIS_URL, metrics=metrics, prefix=redis_prefix, clock=clock
+            requests,
+            tokens,
+            url=REDIS_URL,
+            metrics=metrics,
+            prefix=redis_prefix,
+            clock=clock,
+            timeout=5.0,
         )
         made.append(limiter)
         return limiter

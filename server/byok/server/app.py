@@ -66,6 +66,7 @@ class App:
             settings.redis_url.get_secret_value(),
             settings.rate_limit_fail_open,
             self.metrics,
+            redis_timeout=settings.redis_timeout_seconds,
         )
         self.store: FullStore | None = None
         self.grpc: GrpcServer | None = None

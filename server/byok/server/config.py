@@ -145,6 +145,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL"),
         repr=False,
     )
+    redis_timeout_seconds: float = Field(
+        default=0.25, gt=0, le=30, validation_alias=AliasChoices("REDIS_TIMEOUT_SECONDS")
+    )
     rate_limit_fail_open: bool = Field(
         default=True, validation_alias=AliasChoices("RATE_LIMIT_FAIL_OPEN")
     )

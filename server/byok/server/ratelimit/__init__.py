@@ -31,6 +31,7 @@ def build_limiter(
     redis_url: str,
     fail_open: bool,
     metrics: Metrics | None,
+    redis_timeout: float = 0.25,
 ) -> RateLimiter | None:
     """The configured limiter, or None when both limits are 0 (off)."""
     if requests_per_min <= 0 and tokens_per_min <= 0:
@@ -39,6 +40,11 @@ def build_limiter(
         from byok.server.ratelimit.redis import RedisRateLimiter
 
         return RedisRateLimiter(
-            requests_per_min, tokens_per_min, url=redis_url, fail_open=fail_open, metrics=metrics
+            requests_per_min,
+            tokens_per_min,
+            url=redis_url,
+            fail_open=fail_open,
+            metrics=metrics,
+            timeout=redis_timeout,
         )
     return MemoryRateLimiter(requests_per_min, tokens_per_min, metrics=metrics)
