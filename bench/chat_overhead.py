@@ -25,6 +25,20 @@ provider's lean parser vs httpx + lean parser, requests/s and client CPU per req
 
 `--profile FILE` adds a run of the concurrency-32 byok load against a second byok
 server running under cProfile and prints where its main thread's time goes.
+
+`--metrics-compare` runs a different comparison instead ("metrics always on, and cheap"):
+
+    .venv/bin/python bench/chat_overhead.py --metrics-compare [--concurrency 1,8]
+        [--turns 200,384] [--repeats 3] [--json FILE]
+
+Two byok servers on the same upstream, one with default settings (metrics on) and one
+with BYOK_METRICS=false (checked: /metrics answers 200 on one, 404 on the other). byok
+streamed turns alternate between them, turn by turn at concurrency 1 (on, off, off, on,
+...) and in blocks of concurrency * 2 turns above it; `--repeats` times per level. It
+prints TTFT p50/p99 for each, the p50 difference in percent per repeat and pooled (with
+a 95 % bootstrap interval and the spread of the repeats), byok server CPU per turn for
+each, the machine's load, and PASS/MISS against TTFT p50 with metrics <= 3 % above
+without.
 """
 
 from __future__ import annotations
@@ -37,10 +51,12 @@ import json
 import os
 import platform
 import pstats
+import random
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,6 +111,68 @@ def pct(values: Sequence[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    stat: Callable[[Sequence[float], Sequence[float]], float],
+    iterations: int = 2000,
+    seed: int = 1,
+) -> tuple[float, float]:
+    """95 % interval of stat(a, b), resampling a and b (each with replacement)."""
+    rng = random.Random(seed)
+    values = [stat(rng.choices(a, k=len(a)), rng.choices(b, k=len(b))) for _ in range(iterations)]
+    return pct(values, 2.5), pct(values, 97.5)
+
+
+def p50_diff_pct(a: Sequence[float], b: Sequence[float]) -> float:
+    """How much a's median is above b's, in percent of b's."""
+    return 100 * (statistics.median(a) - statistics.median(b)) / statistics.median(b)
+
+
+def machine_cpu() -> dict[str, float]:
+    """The whole machine now: load average, and CPU seconds since boot from /proc/stat
+    (busy = user+nice+system+irq+softirq; steal = taken by the hypervisor)."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (
+            int(x) / CLK_TCK for x in f.readline().split()[1:9]
+        )
+    busy = user + nice + system + irq + softirq
+    return {
+        "time": time.monotonic(),
+        "loadavg1": os.getloadavg()[0],
+        "busy": busy,
+        "steal": steal,
+        "total": busy + steal + idle + iowait,
+    }
+
+
+def machine_load(before: dict[str, float], after: dict[str, float], own_cpu: float) -> dict:
+    """How busy the machine was between two machine_cpu() snapshots, in cores, and how
+    much of that was the benchmark's own processes (own_cpu seconds) vs other work."""
+    wall = max(after["time"] - before["time"], 1e-9)
+    busy = (after["busy"] - before["busy"]) / wall
+    own = own_cpu / wall
+    return {
+        "seconds": wall,
+        "cores": os.cpu_count(),
+        "loadavg1_before": before["loadavg1"],
+        "loadavg1_after": after["loadavg1"],
+        "busy_cores": busy,
+        "own_cores": own,
+        "other_cores": max(busy - own, 0.0),
+        "steal_cores": (after["steal"] - before["steal"]) / wall,
+    }
+
+
+def describe_load(m: dict[str, Any]) -> str:
+    return (
+        f"machine over {m['seconds']:.0f} s: {m['busy_cores']:.2f} of {m['cores']} cores busy "
+        f"({m['own_cores']:.2f} this benchmark's processes, {m['other_cores']:.2f} other work), "
+        f"steal {m['steal_cores']:.2f}; load average {m['loadavg1_before']:.2f} before, "
+        f"{m['loadavg1_after']:.2f} after"
+    )
 
 
 # -- the upstream (its own process) -----------------------------------------------------
@@ -284,6 +362,7 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    http_url: str = ""  # byok servers: the REST/probe base URL
 
     @property
     def pid(self) -> int:
@@ -342,7 +421,11 @@ def start_upstream(work: Path, chunks: int, delay_ms: float) -> tuple[Child, str
 
 
 def start_byok(
-    work: Path, name: str, base_url: str, profile: str | None = None
+    work: Path,
+    name: str,
+    base_url: str,
+    profile: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Child, str]:
     grpc_port, http_port = free_port(), free_port()
     data = work / f"{name}-data"
@@ -356,13 +439,18 @@ def start_byok(
         DEFAULT_MODEL_ROUTE="FAST",
         OPENAI_API_KEY=API_KEY,
         OPENAI_BASE_URL=base_url,
+        # Every turn is the local user's; the default cap (16 open streams a user)
+        # would refuse most of the c=32 load.
+        MAX_STREAMS_PER_USER="0",
     )
+    env.update(extra_env or {})
     if profile:
         argv = [sys.executable, str(SELF), "--serve-byok-profiled", profile]
     else:
         argv = [str(BIN / "byok-server"), "serve"]
     child = start_child(name, argv, env, work)  # cwd = temp dir: no developer .env
-    wait_ready(child, f"http://127.0.0.1:{http_port}/readyz")
+    child.http_url = f"http://127.0.0.1:{http_port}"
+    wait_ready(child, f"{child.http_url}/readyz")
     return child, f"127.0.0.1:{grpc_port}"
 
 
@@ -1144,6 +1232,242 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# -- metrics on vs off (--metrics-compare) ----------------------------------------------
+
+METRICS_TARGET_PCT = 3.0  # TTFT p50 with metrics on at most this much above metrics off
+SIDES = ("on", "off")
+COMPARE_BLOCK_PER_WORKER = 2
+SIDE_LABELS = {"on": "metrics on (default)", "off": "BYOK_METRICS=false"}
+
+
+async def compare_repeat(
+    pair: dict[str, Clients],
+    servers: dict[str, Child],
+    concurrency: int,
+    turns: int,
+    chunks: int,
+    delay_ms: float,
+    deadline: float,
+) -> dict[str, Any]:
+    """`turns` turns a side, the two servers alternating turn by turn (c=1) or in blocks
+    of concurrency * 2 turns (short blocks: other work on the machine changes by the
+    second), the order flipped every round (on, off, off, on, ...)."""
+    block = 1 if concurrency == 1 else concurrency * COMPARE_BLOCK_PER_WORKER
+    ttft: dict[str, list[float]] = {s: [] for s in SIDES}
+    cpu = dict.fromkeys(SIDES, 0.0)
+    wall = dict.fromkeys(SIDES, 0.0)
+    errors = dict.fromkeys(SIDES, 0)
+    paired: list[float] = []  # c=1: each on turn minus the off turn next to it
+    rounds = 0
+    stopped_early = False
+    while len(ttft["on"]) < turns:
+        if time.monotonic() > deadline or out_of_time():
+            stopped_early = True
+            break
+        n = min(block, turns - len(ttft["on"]))
+        got: dict[str, list[Turn]] = {}
+        for side in SIDES if rounds % 2 == 0 else SIDES[::-1]:
+            c0, w0 = servers[side].cpu(), time.perf_counter()
+            got[side], err = await run_block(pair[side], "byok", n, concurrency, chunks, delay_ms)
+            wall[side] += time.perf_counter() - w0
+            cpu[side] += servers[side].cpu() - c0
+            errors[side] += err
+            ttft[side].extend(ms(t.ttft) for t in got[side])
+        if concurrency == 1 and got["on"] and got["off"]:
+            paired.append(ms(got["on"][0].ttft - got["off"][0].ttft))
+        rounds += 1
+    out: dict[str, Any] = {"stopped_early": stopped_early, "paired_on_minus_off": paired}
+    for side in SIDES:
+        n = max(len(ttft[side]), 1)
+        out[side] = {
+            "n": len(ttft[side]),
+            "errors": errors[side],
+            "ttft_ms": ttft[side],
+            "ttft_p50": pct(ttft[side], 50),
+            "ttft_p99": pct(ttft[side], 99),
+            "server_cpu_ms_per_turn": ms(cpu[side]) / n,
+            "turns_per_s": len(ttft[side]) / wall[side] if wall[side] else 0.0,
+        }
+    if ttft["on"] and ttft["off"]:
+        out["diff_p50_pct"] = p50_diff_pct(ttft["on"], ttft["off"])
+        out["diff_p99_pct"] = 100 * (out["on"]["ttft_p99"] / out["off"]["ttft_p99"] - 1)
+    return out
+
+
+def compare_summary(concurrency: int, repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    pooled = {s: [x for r in repeats for x in r[s]["ttft_ms"]] for s in SIDES}
+    out: dict[str, Any] = {"concurrency": concurrency, "repeats": repeats}
+    if not (pooled["on"] and pooled["off"]):
+        return out
+    turns = {s: sum(r[s]["n"] for r in repeats) for s in SIDES}
+    cpu = {
+        s: sum(r[s]["server_cpu_ms_per_turn"] * r[s]["n"] for r in repeats) / max(turns[s], 1)
+        for s in SIDES
+    }
+    diffs = [r["diff_p50_pct"] for r in repeats if "diff_p50_pct" in r]
+    out["pooled"] = {
+        **{
+            s: {
+                "n": turns[s],
+                "ttft_p50": pct(pooled[s], 50),
+                "ttft_p99": pct(pooled[s], 99),
+                "server_cpu_ms_per_turn": cpu[s],
+            }
+            for s in SIDES
+        },
+        "diff_p50_pct": p50_diff_pct(pooled["on"], pooled["off"]),
+        "diff_p50_pct_ci95": bootstrap(pooled["on"], pooled["off"], p50_diff_pct),
+        "diff_p99_pct": 100 * (pct(pooled["on"], 99) / pct(pooled["off"], 99) - 1),
+        "diff_p50_pct_repeats": diffs,
+        "cpu_diff_ms_per_turn": cpu["on"] - cpu["off"],
+        "cpu_diff_pct": 100 * (cpu["on"] / cpu["off"] - 1) if cpu["off"] else float("nan"),
+    }
+    paired = [x for r in repeats for x in r["paired_on_minus_off"]]
+    if paired:
+        out["pooled"]["paired_on_minus_off_p50_ms"] = pct(paired, 50)
+    return out
+
+
+def print_compare(s: dict[str, Any]) -> None:
+    reps = s["repeats"]
+    print(f"\n## metrics on vs off, concurrency {s['concurrency']}, {len(reps)} repeats")
+    print(
+        f"{'':<10}{'n on':>6}{'TTFT p50 on':>13}{'off':>8}{'diff':>9}"
+        f"{'p99 on':>9}{'off':>8}{'diff':>9}{'CPU on':>9}{'off':>7}{'turns/s':>9}"
+    )
+
+    def row(name: str, r: dict[str, Any], d50: float, d99: float) -> None:
+        on, off = r["on"], r["off"]
+        rate = f"{on['turns_per_s']:>9.1f}" if "turns_per_s" in on else ""
+        print(
+            f"{name:<10}{on['n']:>6}{on['ttft_p50']:>13.2f}{off['ttft_p50']:>8.2f}{d50:>+8.1f}%"
+            f"{on['ttft_p99']:>9.2f}{off['ttft_p99']:>8.2f}{d99:>+8.1f}%"
+            f"{on['server_cpu_ms_per_turn']:>9.2f}{off['server_cpu_ms_per_turn']:>7.2f}{rate}"
+        )
+
+    for i, r in enumerate(reps, 1):
+        if "diff_p50_pct" in r:
+            row(f"repeat {i}", r, r["diff_p50_pct"], r["diff_p99_pct"])
+    p = s.get("pooled")
+    if not p:
+        print("no turns")
+        return
+    row("pooled", p, p["diff_p50_pct"], p["diff_p99_pct"])
+    lo, hi = p["diff_p50_pct_ci95"]
+    reps_d = p["diff_p50_pct_repeats"]
+    print(
+        f"(ms; CPU = byok server ms per turn.) TTFT p50 difference {p['diff_p50_pct']:+.1f} %, "
+        f"95 % bootstrap interval {lo:+.1f} .. {hi:+.1f} %; repeats {min(reps_d):+.1f} .. "
+        f"{max(reps_d):+.1f} %. Server CPU {p['cpu_diff_ms_per_turn']:+.2f} ms/turn "
+        f"({p['cpu_diff_pct']:+.1f} %) with metrics on."
+    )
+    if "paired_on_minus_off_p50_ms" in p:
+        print(
+            f"paired (each on turn minus the off turn next to it): p50 "
+            f"{p['paired_on_minus_off_p50_ms']:+.2f} ms"
+        )
+
+
+async def metrics_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Two byok servers on one upstream, metrics on and off, TTFT interleaved."""
+    import httpx
+
+    concurrencies = int_list(args.concurrency)
+    turns_arg = int_list(args.turns) if args.turns else []
+    if len(turns_arg) == 1:
+        turns_arg = turns_arg * len(concurrencies)
+    _HARD["deadline"] = time.monotonic() + args.max_seconds
+    work = Path(tempfile.mkdtemp(prefix="byok-metrics-bench-"))
+    children: list[Child] = []
+    result: dict[str, Any] = {
+        "mode": "metrics-compare",
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "config": {"chunks": args.chunks, "delay_ms": args.delay_ms, "repeats": args.repeats},
+    }
+    try:
+        upstream, base_url = start_upstream(work, args.chunks, args.delay_ms)
+        children.append(upstream)
+        on, on_target = start_byok(work, "byok-metrics-on", base_url)
+        children.append(on)
+        off, off_target = start_byok(
+            work, "byok-metrics-off", base_url, extra_env={"BYOK_METRICS": "false"}
+        )
+        children.append(off)
+        servers = {"on": on, "off": off}
+        # The switch really is what differs: /metrics exists on one server only.
+        async with httpx.AsyncClient() as http:
+            pages = {
+                s: (await http.get(f"{c.http_url}/metrics")).status_code for s, c in servers.items()
+            }
+        result["metrics_page_status"] = pages
+        if pages != {"on": 200, "off": 404}:
+            raise RuntimeError(f"expected /metrics 200 on, 404 off; got {pages}")
+        log(f"servers: metrics on pid {on.pid}, off pid {off.pid}; work in {work}")
+        cpu0 = {c.name: c.cpu() for c in children}
+        client0 = time.process_time()
+        m0 = machine_cpu()
+        levels = []
+        async with (
+            Clients(base_url, on_target) as c_on,
+            Clients(base_url, off_target) as c_off,
+        ):
+            pair = {"on": c_on, "off": c_off}
+            for i, c in enumerate(concurrencies):
+                turns = turns_arg[i] if i < len(turns_arg) else (200 if c == 1 else c * 48)
+                warm = 20 if c == 1 else c * BLOCK_PER_WORKER
+                log(f"concurrency {c}: warm-up {warm} turns a side")
+                for side in SIDES:
+                    await run_block(pair[side], "byok", warm, c, args.chunks, args.delay_ms)
+                repeats = []
+                for r in range(args.repeats):
+                    left = (len(concurrencies) - i - 1) * args.repeats + args.repeats - r
+                    deadline = time.monotonic() + (_HARD["deadline"] - time.monotonic()) / left
+                    log(f"concurrency {c}: repeat {r + 1}/{args.repeats}, {turns} turns a side")
+                    repeats.append(
+                        await compare_repeat(
+                            pair, servers, c, turns, args.chunks, args.delay_ms, deadline
+                        )
+                    )
+                s = compare_summary(c, repeats)
+                levels.append(s)
+                print_compare(s)
+        own = sum(c.cpu() - cpu0[c.name] for c in children) + time.process_time() - client0
+        result["load"] = machine_load(m0, machine_cpu(), own)
+        result["levels"] = levels
+        rows = []
+        for s in levels:
+            p = s.get("pooled")
+            if not p:
+                continue
+            lo, hi = p["diff_p50_pct_ci95"]
+            rows.append(
+                (
+                    f"TTFT p50 with metrics on <= off + {METRICS_TARGET_PCT:g} % at "
+                    f"c={s['concurrency']}",
+                    p["diff_p50_pct"] <= METRICS_TARGET_PCT,
+                    f"{p['diff_p50_pct']:+.1f} % (95 % interval {lo:+.1f} .. {hi:+.1f} %; "
+                    f"{p['on']['ttft_p50']:.2f} vs {p['off']['ttft_p50']:.2f} ms)",
+                )
+            )
+        result["targets"] = [{"target": t, "pass": ok, "measured": m} for t, ok, m in rows]
+        print("\n## targets")
+        for t, ok, m in rows:
+            print(f"{'PASS' if ok else 'MISS'}  {t}: {m}")
+        print(f"\n{describe_load(result['load'])}")
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -1325,7 +1649,9 @@ def main() -> None:
         help="turns of each kind per concurrency (default 200 at c=1, "
         "2000 otherwise); one number or one per --concurrency entry",
     )
-    parser.add_argument("--concurrency", default="1,32", help="comma-separated levels")
+    parser.add_argument(
+        "--concurrency", help="comma-separated levels (default 1,32; 1,8 with --metrics-compare)"
+    )
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per reply")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="delay before each chunk")
     parser.add_argument("--parser-requests", type=int, default=1500, help="0: skip")
@@ -1342,6 +1668,14 @@ def main() -> None:
     parser.add_argument(
         "--breakdown-turns", type=int, default=1000, help="turns per in-process part (0: skip)"
     )
+    parser.add_argument(
+        "--metrics-compare",
+        action="store_true",
+        help="instead: TTFT of a byok server with metrics on vs one with BYOK_METRICS=false",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="--metrics-compare: comparisons per level"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, db)")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-byok-profiled", metavar="OUT", help=argparse.SUPPRESS)
@@ -1356,7 +1690,9 @@ def main() -> None:
     if args.serve_byok_profiled:
         serve_byok_profiled(args.serve_byok_profiled)
         return
-    result = asyncio.run(bench(args))
+    if args.concurrency is None:
+        args.concurrency = "1,8" if args.metrics_compare else "1,32"
+    result = asyncio.run(metrics_compare(args) if args.metrics_compare else bench(args))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
         log(f"wrote {args.json}")

@@ -58,6 +58,8 @@ def test_data_survives_a_restart_and_port_in_use_is_one_line(tmp_path: Path) -> 
             raise AssertionError("a second server took a busy port")
         except RuntimeError as err:
             assert "byok-server: cannot listen on" in str(err)
+        finally:
+            clash.kill()  # never leave a process behind, whatever happened
         assert first.terminate() == 0
         first.start()
         assert httpx.get(f"{first.http_url}/readyz").json()["status"] == "ready"
