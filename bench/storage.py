@@ -1,19 +1,27 @@
-"""Storage benchmark: the SQLite store at 10,000 threads / 1,000,000 messages.
+"""Storage benchmark: the store at 10,000 threads / 1,000,000 messages, SQLite or PostgreSQL.
 
 Run by hand (not part of the test suite):
 
-    .venv/bin/python bench/storage.py [--threads 10000] [--messages 1000000]
-        [--db PATH] [--keep] [--json FILE]
+    .venv/bin/python bench/storage.py [--backend sqlite|postgres] [--threads 10000]
+        [--messages 1000000] [--db PATH | --database-url URL] [--keep] [--json FILE]
 
-Builds the data set through the production write path (`SqliteStore.open`, so the
-migrations run; `Conversations.create`; batched `SqliteStore.append_messages`, one
-transaction per thread; the FTS triggers maintain the index exactly as in production),
-then measures the read and write paths through the `Conversations` core and prints
-p50/p99 against the targets in docs/performance.md.
+Builds the data set through the production write path (`SqliteStore.open` or
+`PostgresStore.open`, so the migrations run; `Conversations.create`; batched
+`append_messages`, one transaction per thread; the FTS5 triggers or the tsvector trigger
+and GIN index maintain the search index exactly as in production), then measures the
+read and write paths through the `Conversations` core and prints p50/p99 against the
+targets in docs/performance.md.
 
-With `--db PATH` pointing at a database an earlier run built (`--keep`), the build is
-skipped and the same corpus statistics are recomputed from the fixed-seed generator,
-so the measurements can be repeated quickly.
+With `--db PATH` (SQLite) or `--database-url URL` (PostgreSQL) pointing at a database an
+earlier run built, the build is skipped and the same corpus statistics are recomputed
+from the fixed-seed generator, so the measurements can be repeated quickly.
+
+PostgreSQL without `--database-url`: a new database `byok_bench_<hex>` is created on the
+server of `BYOK_BENCH_POSTGRES` (default postgresql://postgres@127.0.0.1:5432/postgres)
+and dropped at the end unless `--keep`. The same queries run on both backends (the
+store's PostgreSQL parser reads the FTS5 word, "phrase" and prefix* forms the mix uses);
+the LIKE baseline becomes ILIKE (SQLite's LIKE is case-insensitive for ASCII) and the
+naive bm25 line becomes ts_rank_cd over every match.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import math
 import os
 import platform
 import random
+import re
+import secrets
 import shutil
 import sqlite3
 import sys
@@ -35,13 +45,16 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
+import asyncpg
 
 from byok.server.conversations.model import Message, Role, Usage
 from byok.server.conversations.service import SEARCH_WINDOW, Conversations
 from byok.server.ids import new_id
 from byok.server.storage.base import DEFAULT_USER_ID
+from byok.server.storage.postgres.store import PostgresStore, asyncpg_dsn, parse_search_query
 from byok.server.storage.sqlite.store import SqliteStore
 
 USER = DEFAULT_USER_ID
@@ -62,6 +75,11 @@ ORDERS = {"relevance": "", "newest": "create_time desc"}
 BUDGET_S = 90.0  # per measurement; slow ones stop early with fewer samples
 MIN_SAMPLES = 30
 STRESS = "prefix-2"  # query class measured but kept out of the overall mix
+POSTGRES_SERVER = os.environ.get(
+    "BYOK_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)  # where temporary PostgreSQL databases are created
+# The ranking PostgresStore.search_rank uses (content A 1.0, title B 0.3, normalization 1).
+PG_RANK = "ts_rank_cd('{0.1, 0.2, 0.3, 1.0}'::float4[], search_tsv, q, 1)"
 
 
 def log(text: str) -> None:
@@ -125,8 +143,8 @@ class Corpus:
 @dataclass
 class Query:
     cls: str
-    text: str  # FTS5 query
-    like: str  # equivalent pattern for ' ' || content || ' ' LIKE ?
+    text: str  # search query (FTS5 syntax; PostgresStore parses the same forms)
+    like: str  # equivalent pattern for ' ' || content || ' ' LIKE ? (ILIKE on PostgreSQL)
     matches: int = 0
 
 
@@ -258,6 +276,44 @@ class Result:
         return out
 
 
+class CpuClock:
+    """CPU seconds spent on the measured work: this process (on SQLite that includes the
+    aiosqlite thread doing the queries) plus, on a local PostgreSQL, the server backends
+    serving this benchmark's connections (`/proc/<pid>/schedstat`, ns on a CPU)."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self.lookup: Callable[[], Awaitable[list[int]]] | None = None
+
+    def __call__(self) -> float:
+        total = time.process_time()
+        for pid in self.pids:
+            total += backend_cpu(pid)
+        return total
+
+    async def refresh(self) -> None:
+        """Re-reads the backend pids (a pool may have opened or closed connections)."""
+        if self.lookup is not None:
+            self.pids = [pid for pid in await self.lookup() if is_postgres(pid)]
+
+
+def backend_cpu(pid: int) -> float:
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0  # gone: the sample's delta is clamped at 0
+
+
+def is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
+
+
+CPU = CpuClock()
+
+
 async def timed(
     name: str,
     op: Callable[[], Awaitable[Any]],
@@ -270,13 +326,14 @@ async def timed(
     """n samples after warmup; stops early (keeping >= MIN_SAMPLES) past the time budget."""
     for _ in range(warmup):
         await op()
+    await CPU.refresh()
     result = Result(name, target=target)
     began = time.perf_counter()
     for _ in range(n):
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu = time.perf_counter(), CPU()
         await op()
         result.samples.append((time.perf_counter() - start) * 1000)
-        result.cpu.append((time.process_time() - cpu) * 1000)
+        result.cpu.append(max(0.0, CPU() - cpu) * 1000)
         if start - began > BUDGET_S and len(result.samples) >= min_samples:
             result.note = f"stopped at the {BUDGET_S:.0f} s budget"
             break
@@ -318,7 +375,11 @@ def to_messages(thread: list[tuple[Role, str, int]]) -> list[Message]:
 
 
 async def build(
-    conv: Conversations, store: SqliteStore, corpus: Corpus, threads: int, insert: bool
+    conv: Conversations,
+    store: SqliteStore | PostgresStore,
+    corpus: Corpus,
+    threads: int,
+    insert: bool,
 ) -> BuildStats:
     stats = BuildStats(skipped=not insert)
     total = threads * corpus.per_thread
@@ -329,10 +390,10 @@ async def build(
         if insert:
             created = await conv.create(USER, title=f"Thread {i:05d}")
             batch = to_messages(thread)
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0 = time.perf_counter(), CPU()
             stored = await store.append_messages(USER, created.id, batch)
             spent = time.perf_counter() - t0
-            stats.append_cpu_s += time.process_time() - c0
+            stats.append_cpu_s += max(0.0, CPU() - c0)
             assert stored is not None
             stats.append_s += spent
             if i >= tail_from:
@@ -359,6 +420,336 @@ async def build(
     return stats
 
 
+async def build_concurrent(
+    conv: Conversations, store: PostgresStore, corpus: Corpus, threads: int, writers: int
+) -> BuildStats:
+    """The same threads, created and appended by `writers` concurrent tasks (several
+    replicas writing at once). The text is generated in order, so the corpus statistics
+    match a serial build; the rates are end to end (text generation included)."""
+    stats = BuildStats()
+    total = threads * corpus.per_thread
+    tail_from = threads - max(1, threads // 10)
+    queue: asyncio.Queue[tuple[int, list[Message]] | None] = asyncio.Queue(2 * writers)
+
+    async def writer() -> None:
+        while (item := await queue.get()) is not None:
+            i, batch = item
+            created = await conv.create(USER, title=f"Thread {i:05d}")
+            stored = await store.append_messages(USER, created.id, batch)
+            assert stored is not None
+            stats.threads += 1
+            stats.messages += len(batch)
+
+    # One pool connection per writer, open before the CPU clock reads their pids.
+    await asyncio.gather(*(store.ping() for _ in range(writers)))
+    await CPU.refresh()
+    start = last_print = time.perf_counter()
+    c0 = CPU()
+    tail_t0, tail_m0 = start, 0
+    tasks = [asyncio.create_task(writer()) for _ in range(writers)]
+    for i in range(threads):
+        if i == tail_from:
+            tail_t0, tail_m0 = time.perf_counter(), stats.messages
+        await queue.put((i, to_messages(corpus.thread())))
+        now = time.perf_counter()
+        if now - last_print >= 0.5:
+            last_print = now
+            rate = stats.messages / (now - start)
+            eta = (total - stats.messages) / rate if rate else 0
+            print(
+                f"\r  built {stats.messages:,}/{total:,} messages, {writers} writers,"
+                f" {rate:,.0f} msg/s, elapsed {fmt_duration(now - start)},"
+                f" ETA {fmt_duration(eta)} ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+    for _ in tasks:
+        await queue.put(None)
+    await asyncio.gather(*tasks)
+    end = time.perf_counter()
+    print(file=sys.stderr)
+    stats.wall_s = stats.append_s = end - start
+    stats.append_cpu_s = max(0.0, CPU() - c0)
+    stats.tail_messages = stats.messages - tail_m0
+    stats.tail_append_s = end - tail_t0
+    return stats
+
+
+# -- backends ---------------------------------------------------------------------------
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+class SqliteBackend:
+    """The store plus a raw aiosqlite connection for the counts and the baselines."""
+
+    name = "sqlite"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.keep = args.keep
+        self.tmpdir: Path | None = None
+        if args.db:
+            self.path = Path(args.db)
+        else:
+            self.tmpdir = Path(tempfile.mkdtemp(prefix="byok-bench-"))
+            self.path = self.tmpdir / "bench.db"
+        self.label = str(self.path)
+        self.store: SqliteStore | None = None
+        self.raw: aiosqlite.Connection | None = None
+
+    async def open(self) -> SqliteStore:
+        self.store = await SqliteStore.open(self.path)
+        self.raw = await aiosqlite.connect(self.path, isolation_level=None)
+        await self.raw.execute("PRAGMA journal_mode = WAL")
+        return self.store
+
+    async def _value(self, sql: str, *params: Any) -> Any:
+        assert self.raw is not None
+        async with self.raw.execute(sql, params) as cur:
+            return (await cur.fetchone())[0]  # type: ignore[index]
+
+    async def count_conversations(self) -> int:
+        return int(await self._value("SELECT count(*) FROM conversations"))
+
+    async def count_messages(self) -> int:
+        return int(await self._value("SELECT count(*) FROM messages"))
+
+    async def count_matches(self, q: Query) -> int:
+        return int(
+            await self._value(
+                "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?", q.text
+            )
+        )
+
+    async def conversation_ids(self) -> list[str]:
+        assert self.raw is not None
+        async with self.raw.execute("SELECT id FROM conversations ORDER BY seq") as cur:
+            return [r[0] for r in await cur.fetchall()]
+
+    async def like(self, q: Query) -> None:
+        assert self.raw is not None
+        async with self.raw.execute(
+            # CROSS JOIN keeps messages the outer loop, so the newest-first scan
+            # stops after 21 matches (the planner would otherwise sort them all).
+            "SELECT m.seq, m.id, m.content, c.title FROM messages m"
+            " CROSS JOIN conversations c ON c.seq = m.conversation_seq"
+            " WHERE c.user_id = ? AND ' ' || m.content || ' ' LIKE ?"
+            " ORDER BY m.seq DESC LIMIT 21",
+            (USER, q.like),
+        ) as cur:
+            await cur.fetchall()
+
+    naive_name = "naive bm25"
+
+    async def naive_rank(self, q: Query) -> None:
+        assert self.raw is not None
+        async with self.raw.execute(
+            "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?"
+            " ORDER BY bm25(messages_fts) LIMIT 20",
+            (q.text,),
+        ) as cur:
+            await cur.fetchall()
+
+    async def after_build(self) -> dict[str, Any]:
+        return {}  # the FTS5 index is left as the triggers wrote it (no optimize)
+
+    async def sizes(self) -> dict[str, int]:
+        sizes = {"db": file_size(self.path), "wal": file_size(Path(f"{self.path}-wal"))}
+        sizes["fts_data_blocks"] = int(await self._value("SELECT count(*) FROM messages_fts_data"))
+        return sizes
+
+    @staticmethod
+    def size_text(sizes: dict[str, int]) -> str:
+        return (
+            f"{sizes['db'] / 2**20:,.0f} MiB (+ WAL {sizes['wal'] / 2**20:,.1f} MiB),"
+            f" FTS blocks {sizes['fts_data_blocks']:,}"
+        )
+
+    async def version(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version}"
+
+    async def close(self) -> None:
+        if self.raw is not None:
+            await self.raw.close()
+        if self.store is not None:
+            await self.store.close()
+        if self.tmpdir is not None:
+            if self.keep:
+                log(f"kept {self.path}")
+            else:
+                shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class PostgresBackend:
+    """PostgresStore plus one raw asyncpg connection for the counts and the baselines."""
+
+    name = "postgres"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.keep = args.keep
+        self.temporary = not args.database_url
+        if args.database_url:
+            self.url = args.database_url
+        else:
+            self.url = with_database(POSTGRES_SERVER, f"byok_bench_{secrets.token_hex(4)}")
+        self.database = urlsplit(self.url).path.lstrip("/")
+        if not self.database:
+            raise SystemExit(f"--database-url {self.url!r} names no database")
+        self.admin_url = with_database(self.url, "postgres")
+        host = urlsplit(self.url).hostname or ""
+        # Server CPU comes from /proc, so only for a server on this machine.
+        self.local = host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+        self.label = re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", self.url)
+        self.store: PostgresStore | None = None
+        self.raw: asyncpg.Connection[asyncpg.Record] | None = None
+
+    async def _admin(self, sql: str, *params: Any) -> Any:
+        admin = await asyncpg.connect(asyncpg_dsn(self.admin_url))
+        try:
+            if not params:  # simple protocol: CREATE/DROP DATABASE
+                return await admin.execute(sql)
+            return await admin.fetchval(sql, *params)
+        finally:
+            await admin.close()
+
+    async def open(self) -> PostgresStore:
+        exists = await self._admin("SELECT 1 FROM pg_database WHERE datname = $1", self.database)
+        if not exists:
+            log(f"creating database {self.database}")
+            await self._admin(
+                f"CREATE DATABASE {quote_ident(self.database)} TEMPLATE template0 ENCODING 'UTF8'"
+            )
+        elif self.temporary:
+            raise SystemExit(f"database {self.database} exists already")
+        self.store = await PostgresStore.open(self.url)
+        self.raw = await asyncpg.connect(
+            asyncpg_dsn(self.url),
+            # as the store's pool: a generic plan cannot see the pattern or the words
+            server_settings={"plan_cache_mode": "force_custom_plan"},
+        )
+        if self.local:
+            CPU.lookup = self._backend_pids
+        return self.store
+
+    async def _backend_pids(self) -> list[int]:
+        assert self.raw is not None
+        rows = await self.raw.fetch(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND backend_type = 'client backend'"
+        )
+        return [int(r[0]) for r in rows]
+
+    async def _value(self, sql: str, *params: Any) -> Any:
+        assert self.raw is not None
+        return await self.raw.fetchval(sql, *params)
+
+    async def count_conversations(self) -> int:
+        return int(await self._value("SELECT count(*) FROM conversations"))
+
+    async def count_messages(self) -> int:
+        return int(await self._value("SELECT count(*) FROM messages"))
+
+    async def count_matches(self, q: Query) -> int:
+        return int(
+            await self._value(
+                "SELECT count(*) FROM messages WHERE search_tsv @@ to_tsquery('simple', $1)",
+                parse_search_query(q.text),
+            )
+        )
+
+    async def conversation_ids(self) -> list[str]:
+        assert self.raw is not None
+        rows = await self.raw.fetch("SELECT id FROM conversations ORDER BY seq")
+        return [r[0] for r in rows]
+
+    async def like(self, q: Query) -> None:
+        assert self.raw is not None
+        # ILIKE: SQLite's LIKE is case-insensitive for ASCII. The planner picks the join
+        # order itself (newest first by the seq index, stopping at 21 matches).
+        await self.raw.fetch(
+            "SELECT m.seq, m.id, m.content, c.title FROM messages m"
+            " JOIN conversations c ON c.seq = m.conversation_seq"
+            " WHERE c.user_id = $1 AND ' ' || m.content || ' ' ILIKE $2"
+            " ORDER BY m.seq DESC LIMIT 21",
+            USER,
+            q.like,
+        )
+
+    naive_name = "naive ts_rank_cd"
+
+    async def naive_rank(self, q: Query) -> None:
+        assert self.raw is not None
+        await self.raw.fetch(
+            f"SELECT seq FROM messages, to_tsquery('simple', $1) q WHERE search_tsv @@ q"
+            f" ORDER BY {PG_RANK} DESC LIMIT 20",
+            parse_search_query(q.text),
+        )
+
+    async def after_build(self) -> dict[str, Any]:
+        """VACUUM ANALYZE, which autovacuum would run on its own within minutes of a
+        bulk load: planner statistics for the tsvector column, the GIN pending list
+        merged, the visibility map set."""
+        assert self.raw is not None
+        t0 = time.perf_counter()
+        await self.raw.execute("VACUUM (ANALYZE) conversations, messages")
+        spent = time.perf_counter() - t0
+        log(f"  VACUUM ANALYZE {spent:.0f} s")
+        return {"vacuum_analyze_s": round(spent, 1)}
+
+    async def sizes(self) -> dict[str, int]:
+        assert self.raw is not None
+        row = await self.raw.fetchrow(
+            "SELECT pg_database_size(current_database()), pg_table_size('messages'),"
+            " pg_indexes_size('messages'), pg_relation_size('messages_search_index'),"
+            " pg_total_relation_size('conversations')"
+        )
+        assert row is not None
+        keys = ("db", "messages", "messages_indexes", "search_index", "conversations")
+        return dict(zip(keys, (int(v) for v in row), strict=True))
+
+    @staticmethod
+    def size_text(sizes: dict[str, int]) -> str:
+        mib = {k: v / 2**20 for k, v in sizes.items()}
+        return (
+            f"{mib['db']:,.0f} MiB: messages {mib['messages']:,.0f} MiB (with TOAST),"
+            f" their indexes {mib['messages_indexes']:,.0f} MiB"
+            f" (GIN {mib['search_index']:,.0f} MiB), conversations {mib['conversations']:,.1f} MiB"
+        )
+
+    async def version(self) -> str:
+        assert self.raw is not None
+        version = await self._value("SHOW server_version")
+        buffers = await self._value("SHOW shared_buffers")
+        return f"PostgreSQL {version.split()[0]} (shared_buffers {buffers})"
+
+    async def close(self) -> None:
+        CPU.lookup, CPU.pids = None, []
+        if self.raw is not None:
+            await self.raw.close()
+        if self.store is not None:
+            await self.store.close()
+        if self.temporary and not self.keep:
+            await self._admin(f"DROP DATABASE IF EXISTS {quote_ident(self.database)} WITH (FORCE)")
+            log(f"dropped database {self.database}")
+        else:
+            log(f"kept database {self.label}")
+
+
+Backend = SqliteBackend | PostgresBackend
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -372,61 +763,58 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def db_size(path: Path) -> dict[str, int]:
-    sizes = {}
-    for suffix in ("", "-wal"):
-        p = Path(f"{path}{suffix}")
-        sizes["db" if not suffix else "wal"] = p.stat().st_size if p.exists() else 0
-    return sizes
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     per_thread = max(1, args.messages // args.threads)
-    tmpdir: Path | None = None
-    if args.db:
-        db_path = Path(args.db)
-    else:
-        tmpdir = Path(tempfile.mkdtemp(prefix="byok-bench-"))
-        db_path = tmpdir / "bench.db"
-    log(f"database: {db_path}")
-    store = await SqliteStore.open(db_path)
-    conv = Conversations(store)
-    raw = await aiosqlite.connect(db_path, isolation_level=None)  # for the baselines
-    await raw.execute("PRAGMA journal_mode = WAL")
+    backend: Backend = PostgresBackend(args) if args.backend == "postgres" else SqliteBackend(args)
+    log(f"{backend.name} database: {backend.label}")
     results: list[Result] = []
     load: list[tuple[str, float]] = [("start", os.getloadavg()[0])]
-    out: dict[str, Any] = {"load_average_1m": load}
+    out: dict[str, Any] = {"backend": backend.name, "load_average_1m": load}
     try:
-        async with raw.execute("SELECT count(*) FROM conversations") as cur:
-            existing = (await cur.fetchone())[0]  # type: ignore[index]
+        store = await backend.open()
+        conv = Conversations(store)
+        await CPU.refresh()
+        existing = await backend.count_conversations()
         insert = existing == 0
         if not insert and existing < args.threads:
-            raise SystemExit(f"{db_path} has {existing} threads (< {args.threads}); use a new db")
+            raise SystemExit(
+                f"{backend.label} has {existing} threads (< {args.threads}); use a new database"
+            )
         corpus = Corpus(SEED, per_thread)
         log(
             f"building {args.threads:,} threads x {per_thread} messages"
             if insert
             else f"reusing {existing:,} threads; regenerating corpus statistics"
         )
-        stats = await build(conv, store, corpus, args.threads, insert)
+        writers = args.build_writers
+        if insert and writers > 1:
+            assert isinstance(store, PostgresStore)
+            stats = await build_concurrent(conv, store, corpus, args.threads, writers)
+        else:
+            stats = await build(conv, store, corpus, args.threads, insert)
         load.append(("build", os.getloadavg()[0]))
-        out["build"] = stats.__dict__
+        out["build"] = stats.__dict__ | {"writers": writers if insert else 0}
+        if insert:
+            out["build"] |= await backend.after_build()
         if insert:
             rate = stats.messages / stats.append_s
             tail = stats.tail_messages / stats.tail_append_s
+            how = "inside append" if writers == 1 else f"end to end, {writers} writers"
             results.append(
                 Result(
-                    f"append_messages batched ({per_thread}/tx), whole build",
+                    f"append_messages batched ({per_thread}/tx), whole build"
+                    + ("" if writers == 1 else f", {writers} writers"),
                     target="append",
                     rate=rate,
-                    note=f"{stats.messages:,} msgs in {stats.append_s:.0f} s inside append",
+                    note=f"{stats.messages:,} msgs in {stats.append_s:.0f} s {how}",
                 )
             )
             results.append(
                 Result(
-                    "  same, messages / process CPU s (no contention)",
+                    "  same, messages / CPU s (no contention)",
                     rate=stats.messages / stats.append_cpu_s,
-                    note="what one idle core would do: wall time above includes other load",
+                    note="what one idle core would do: wall time above includes other load"
+                    + ("" if writers == 1 else "; CPU includes text generation"),
                 )
             )
             results.append(
@@ -447,12 +835,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         queries = choose_queries(corpus)
         for q in queries:
-            async with raw.execute(
-                "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?", (q.text,)
-            ) as cur:
-                q.matches = (await cur.fetchone())[0]  # type: ignore[index]
-        async with raw.execute("SELECT count(*) FROM messages") as cur:
-            n_messages = (await cur.fetchone())[0]  # type: ignore[index]
+            q.matches = await backend.count_matches(q)
+        n_messages = await backend.count_messages()
         out["messages"] = n_messages
         out["queries"] = [q.__dict__ for q in queries]
         log("query mix:")
@@ -492,8 +876,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # -- get -------------------------------------------------------------------
         log("measuring get")
-        async with raw.execute("SELECT id FROM conversations ORDER BY seq") as cur:
-            ids = [r[0] for r in await cur.fetchall()]
+        ids = await backend.conversation_ids()
         pick = random.Random(SEED + 2)
 
         async def get_thread() -> None:
@@ -578,45 +961,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
 
         # -- baselines -------------------------------------------------------------
-        log("measuring LIKE baseline (slow)")
+        like_word = "ILIKE" if backend.name == "postgres" else "LIKE"
+        log(f"measuring {like_word} baseline (slow)")
         like_results: list[Result] = []
         for cls in classes:
             qs = cycling(by_class[cls])
 
             async def like(qs: Iterator[Query] = qs) -> None:
-                q = next(qs)
-                async with raw.execute(
-                    # CROSS JOIN keeps messages the outer loop, so the newest-first scan
-                    # stops after 21 matches (the planner would otherwise sort them all).
-                    "SELECT m.seq, m.id, m.content, c.title FROM messages m"
-                    " CROSS JOIN conversations c ON c.seq = m.conversation_seq"
-                    " WHERE c.user_id = ? AND ' ' || m.content || ' ' LIKE ?"
-                    " ORDER BY m.seq DESC LIMIT 21",
-                    (USER, q.like),
-                ) as cur:
-                    await cur.fetchall()
+                await backend.like(next(qs))
 
-            like_results.append(await timed(f"LIKE {cls}", like, args.like_samples, warmup=1))
+            like_results.append(
+                await timed(f"{like_word} {cls}", like, args.like_samples, warmup=1)
+            )
         like_overall = Result(
-            "LIKE overall",
+            f"{like_word} overall",
             [s for r in like_results for s in r.samples],
             cpu=[s for r in like_results for s in r.cpu],
         )
         like_results.append(like_overall)
 
-        log("measuring naive bm25 over every match of the common word")
+        log(f"measuring {backend.naive_name} over every match of the common word")
         common = by_class["common"][0]
 
         async def naive() -> None:
-            async with raw.execute(
-                "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?"
-                " ORDER BY bm25(messages_fts) LIMIT 20",
-                (common.text,),
-            ) as cur:
-                await cur.fetchall()
+            await backend.naive_rank(common)
 
         naive_res = await timed(
-            f"naive bm25, all {common.matches:,} matches of {common.text!r}",
+            f"{backend.naive_name}, all {common.matches:,} matches of {common.text!r}",
             naive,
             args.naive_samples,
             warmup=1,
@@ -643,10 +1014,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.extra_threads):
             created = await conv.create(USER, title=f"Extra {i:03d}")
             batch = to_messages(extra.thread())
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0 = time.perf_counter(), CPU()
             await store.append_messages(USER, created.id, batch)
             batch_samples.append((time.perf_counter() - t0) * 1000)
-            batch_cpu.append((time.process_time() - c0) * 1000)
+            batch_cpu.append(max(0.0, CPU() - c0) * 1000)
             batch_msgs += len(batch)
         batched = Result(
             f"batched append at full size ({per_thread}/tx, {args.extra_threads} tx)",
@@ -654,13 +1025,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             target="append",
             rate=batch_msgs / (sum(batch_samples) / 1000),
             cpu=batch_cpu,
-            note=f"{batch_msgs / (sum(batch_cpu) / 1000):,.0f} msg/s per process CPU s",
+            note=f"{batch_msgs / (sum(batch_cpu) / 1000):,.0f} msg/s per CPU s",
         )
         log(f"  batched append at full size: {batched.rate:,.0f} msg/s")
 
-        sizes = db_size(db_path)
-        async with raw.execute("SELECT count(*) FROM messages_fts_data") as cur:
-            fts_blocks = (await cur.fetchone())[0]  # type: ignore[index]
+        sizes = await backend.sizes()
 
         # -- report ----------------------------------------------------------------
         results += [single, batched]
@@ -684,12 +1053,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         load.append(("end", os.getloadavg()[0]))
         out["db_size_bytes"] = sizes
-        out["fts_data_blocks"] = fts_blocks
         out["machine"] = {
             "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version,
+            "database": await backend.version(),
+            "server_cpu_in_cpu_columns": bool(CPU.pids),
         }
         out["config"] = {
             "threads": args.threads,
@@ -699,15 +1068,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "search_window": SEARCH_WINDOW,
             "seed": SEED,
         }
-        print_report(out, results, per_class_ratio, ratio_p50, ratio_mean, db_path)
+        print_report(out, results, per_class_ratio, ratio_p50, ratio_mean, backend)
     finally:
-        await raw.close()
-        await store.close()
-        if tmpdir is not None:
-            if args.keep:
-                log(f"kept {db_path}")
-            else:
-                shutil.rmtree(tmpdir, ignore_errors=True)
+        await backend.close()
     return out
 
 
@@ -717,7 +1080,7 @@ def print_report(
     per_class_ratio: dict[str, float],
     ratio_p50: float,
     ratio_mean: float,
-    db_path: Path,
+    backend: Backend,
 ) -> None:
     m = out["machine"]
     c = out["config"]
@@ -726,7 +1089,7 @@ def print_report(
         f"byok storage benchmark: {c['threads']:,} threads x {c['messages_per_thread']}"
         f" messages ({out['messages']:,} messages after the run)"
     )
-    print(f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, SQLite {m['sqlite']}")
+    print(f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['database']}")
     print()
     width = max(len(r.name) for r in results) + 2
     header = (
@@ -745,29 +1108,40 @@ def print_report(
             f"{r.cpu_text(0.5):>9}{r.cpu_text(0.99):>9}  {r.target_text():<18}{r.verdict()}"
         )
     print()
+    whose = (
+        "this process and the PostgreSQL backends serving it"
+        if m["server_cpu_in_cpu_columns"]
+        else "this process (both threads)"
+        if backend.name == "sqlite"
+        else "this process only (the server is not local, its CPU is not counted)"
+    )
     print(
-        "p50/p99: wall-clock ms (the targets); cpu: process CPU ms of the same calls (both"
-        " threads), which other load on the machine does not inflate"
+        f"p50/p99: wall-clock ms (the targets); cpu: CPU ms of the same calls, {whose},"
+        " which other load on the machine does not inflate"
     )
     ratios = ", ".join(f"{k} {v:,.1f}x" for k, v in per_class_ratio.items())
+    like_word = "ILIKE" if backend.name == "postgres" else "LIKE"
     print(
-        f"LIKE / FTS (newest first, same page): overall p50 {ratio_p50:,.1f}x,"
+        f"{like_word} / index (newest first, same page): overall p50 {ratio_p50:,.1f}x,"
         f" mean {ratio_mean:,.1f}x; per class p50: {ratios}"
     )
     loads = ", ".join(f"{phase} {value:.1f}" for phase, value in out["load_average_1m"])
     print(f"load average (1 min) on this {m['cores']}-core machine: {loads}")
-    sizes = out["db_size_bytes"]
-    print(
-        f"database size: {sizes['db'] / 2**20:,.0f} MiB (+ WAL {sizes['wal'] / 2**20:,.1f} MiB),"
-        f" FTS blocks {out['fts_data_blocks']:,}; {db_path}"
-    )
+    print(f"database size: {backend.size_text(out['db_size_bytes'])}; {backend.label}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--threads", type=int, default=10_000)
     parser.add_argument("--messages", type=int, default=1_000_000, help="total messages")
-    parser.add_argument("--db", help="database path (kept); reused if it already has data")
+    parser.add_argument("--db", help="SQLite database path (kept); reused if it already has data")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL database URL (created if missing, kept); reused if it already has"
+        " data. Default: a temporary byok_bench_<hex> database on $BYOK_BENCH_POSTGRES"
+        f" ({POSTGRES_SERVER})",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary database")
     parser.add_argument("--json", help="write the raw figures to this file")
     parser.add_argument(
@@ -777,7 +1151,19 @@ def main() -> None:
     parser.add_argument("--naive-samples", type=int, default=10)
     parser.add_argument("--extra-threads", type=int, default=20, help="batched appends at size")
     parser.add_argument("--stress-samples", type=int, default=3, help="broad-prefix samples")
+    parser.add_argument(
+        "--build-writers",
+        type=int,
+        default=1,
+        help="PostgreSQL: concurrent writers for the build (SQLite has one writer)",
+    )
     args = parser.parse_args()
+    if args.db and args.backend != "sqlite":
+        parser.error("--db is for --backend sqlite; use --database-url")
+    if args.database_url and args.backend != "postgres":
+        parser.error("--database-url is for --backend postgres")
+    if args.build_writers > 1 and args.backend != "postgres":
+        parser.error("--build-writers is for --backend postgres")
     if args.db:
         args.db = os.path.abspath(args.db)
     out = asyncio.run(run(args))
