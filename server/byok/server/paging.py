@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from byok.server.errors import InvalidArgument
 
@@ -56,3 +57,28 @@ def decode_token(token: str, query: Any) -> list[Any] | None:
             "page_token", "belongs to a request with other parameters (filter, order_by, parent)"
         )
     return cursor
+
+
+class _Sequenced(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+T = TypeVar("T", bound=_Sequenced)
+
+
+async def seq_page(
+    fetch: Callable[[int, int | None], Awaitable[list[T]]],
+    *,
+    requested_size: int,
+    page_token: str,
+    query: Any,
+) -> tuple[list[T], str]:
+    """One page of a list ordered by storage sequence: `fetch(limit, before_seq)` returns
+    up to `limit` rows after the cursor; one extra row tells whether a next page exists."""
+    size = page_size(requested_size)
+    cursor = decode_token(page_token, query)
+    rows = await fetch(size + 1, int(cursor[0]) if cursor else None)
+    page = rows[:size]
+    token = encode_token([page[-1].seq], query) if len(rows) > size else ""
+    return page, token

@@ -250,15 +250,13 @@ class ModelProfiles:
         self, user_id: str, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[ModelProfile], str]:
         """Newest first."""
-        size = paging.page_size(page_size)
-        query = ["modelProfiles"]
-        cursor = paging.decode_token(page_token, query)
-        rows = await self.store.list_model_profiles(
-            user_id, limit=size + 1, before_seq=int(cursor[0]) if cursor else None
+
+        async def fetch(limit: int, before_seq: int | None) -> list[ModelProfile]:
+            return await self.store.list_model_profiles(user_id, limit=limit, before_seq=before_seq)
+
+        return await paging.seq_page(
+            fetch, requested_size=page_size, page_token=page_token, query=["modelProfiles"]
         )
-        page = rows[:size]
-        token = paging.encode_token([page[-1].seq], query) if len(rows) > size else ""
-        return page, token
 
     async def update(
         self,

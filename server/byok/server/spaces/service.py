@@ -67,15 +67,13 @@ class Spaces:
         self, user_id: str, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Space], str]:
         """Newest first."""
-        size = paging.page_size(page_size)
-        query = ["spaces"]
-        cursor = paging.decode_token(page_token, query)
-        rows = await self.store.list_spaces(
-            user_id, limit=size + 1, before_seq=int(cursor[0]) if cursor else None
+
+        async def fetch(limit: int, before_seq: int | None) -> list[Space]:
+            return await self.store.list_spaces(user_id, limit=limit, before_seq=before_seq)
+
+        return await paging.seq_page(
+            fetch, requested_size=page_size, page_token=page_token, query=["spaces"]
         )
-        page = rows[:size]
-        token = paging.encode_token([page[-1].seq], query) if len(rows) > size else ""
-        return page, token
 
     async def update(
         self,
