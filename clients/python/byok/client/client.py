@@ -114,6 +114,21 @@ def _format_value(fmt: FormatArg) -> conversations_pb2.ImportFormat.ValueType:
     return fmt
 
 
+def masked_update(message: Any, **values: Any) -> field_mask_pb2.FieldMask:
+    """Sets each value that is not None on `message` (maps are merged) and returns the
+    update mask naming exactly those fields: an Update changes what the caller gave."""
+    paths: list[str] = []
+    for field, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            getattr(message, field).update(value)
+        else:
+            setattr(message, field, value)
+        paths.append(field)
+    return field_mask_pb2.FieldMask(paths=paths)
+
+
 class Export(Iterator[bytes]):
     """An export in progress: iterate for the JSON document's slices, in order.
 
@@ -288,25 +303,15 @@ class Client:
     ) -> conversations_pb2.Conversation:
         """Changes the fields given (not None); `etag` refuses a concurrent change."""
         conv = conversations_pb2.Conversation(name=conversation_name(name), etag=etag)
-        paths: list[str] = []
-        if title is not None:
-            conv.title = title
-            paths.append("title")
-        if metadata is not None:
-            conv.metadata.update(metadata)
-            paths.append("metadata")
-        if pinned is not None:
-            conv.pinned = pinned
-            paths.append("pinned")
-        if archived is not None:
-            conv.archived = archived
-            paths.append("archived")
-        if space is not None:
-            conv.space = space_name(space)
-            paths.append("space")
-        request = conversations_pb2.UpdateConversationRequest(
-            conversation=conv, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        mask = masked_update(
+            conv,
+            title=title,
+            metadata=metadata,
+            pinned=pinned,
+            archived=archived,
+            space=space_name(space) if space is not None else None,
         )
+        request = conversations_pb2.UpdateConversationRequest(conversation=conv, update_mask=mask)
         return self._unary(self.conversations.UpdateConversation, request)
 
     def delete_conversation(self, name: str, force: bool = False, *, etag: str = "") -> None:
@@ -376,16 +381,8 @@ class Client:
         etag: str = "",
     ) -> conversations_pb2.Message:
         message = conversations_pb2.Message(name=name, etag=etag)
-        paths: list[str] = []
-        if content is not None:
-            message.content = content
-            paths.append("content")
-        if metadata is not None:
-            message.metadata.update(metadata)
-            paths.append("metadata")
-        request = conversations_pb2.UpdateMessageRequest(
-            message=message, update_mask=field_mask_pb2.FieldMask(paths=paths)
-        )
+        mask = masked_update(message, content=content, metadata=metadata)
+        request = conversations_pb2.UpdateMessageRequest(message=message, update_mask=mask)
         return self._unary(self.conversations.UpdateMessage, request)
 
     def delete_message(self, name: str, *, etag: str = "") -> None:

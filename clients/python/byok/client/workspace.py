@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import field_mask_pb2
 
-from byok.client.client import Client
+from byok.client.client import Client, masked_update
 from byok.v1 import common_pb2, models_pb2, models_pb2_grpc, spaces_pb2, spaces_pb2_grpc
 
 _Req = TypeVar("_Req")
@@ -246,19 +246,15 @@ class WorkspaceMethods:
     ) -> spaces_pb2.Space:
         """Changes the given fields; default_model_profile "" clears the default."""
         space = spaces_pb2.Space(name=space_name(name), etag=etag)
-        paths: list[str] = []
-        if display_name is not None:
-            space.display_name = display_name
-            paths.append("display_name")
-        if description is not None:
-            space.description = description
-            paths.append("description")
-        if default_model_profile is not None:
-            space.default_model_profile = profile_name(default_model_profile)
-            paths.append("default_model_profile")
-        request = spaces_pb2.UpdateSpaceRequest(
-            space=space, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        mask = masked_update(
+            space,
+            display_name=display_name,
+            description=description,
+            default_model_profile=(
+                profile_name(default_model_profile) if default_model_profile is not None else None
+            ),
         )
+        request = spaces_pb2.UpdateSpaceRequest(space=space, update_mask=mask)
         return self._unary(self.space_service.UpdateSpace, request)
 
     def delete_space(self, name: str, *, force: bool = False, etag: str = "") -> None:
