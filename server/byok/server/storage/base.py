@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from byok.server.conversations.model import Conversation, Message, SearchHit
+from byok.server.conversations.model import Conversation, Message, SearchHit, etag_of
+from byok.server.errors import Aborted
 from byok.server.filtering import Condition
 
 DEFAULT_USER_ID = "local"
@@ -165,3 +166,13 @@ class Store(Protocol):
     async def import_conversation(
         self, user_id: str, record: ImportRecord, *, space_id: str, new_id: str
     ) -> tuple[str, bool]: ...
+
+
+def check_etag(expected: str | None, resource_id: str, revision: int, name: str) -> None:
+    """AIP-154: an etag the caller sent must match the current revision (ABORTED if not);
+    no etag means "whatever is there". One rule for every backend."""
+    if expected and expected != etag_of(resource_id, revision):
+        raise Aborted(
+            f"{name} was changed by someone else (etag mismatch); get it again and retry",
+            metadata={"name": name},
+        )

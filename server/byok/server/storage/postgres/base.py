@@ -19,9 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from byok.server.conversations.model import etag_of
-from byok.server.errors import Aborted
-
 if TYPE_CHECKING:  # the stubs' generic types are not subscriptable at run time
     Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
 
@@ -43,14 +40,6 @@ class _Args:
     def __call__(self, value: Any) -> str:
         self.values.append(value)
         return f"${len(self.values)}"
-
-
-def _check_etag(expected: str | None, resource_id: str, revision: int, name: str) -> None:
-    if expected and expected != etag_of(resource_id, revision):
-        raise Aborted(
-            f"{name} was changed by someone else (etag mismatch); get it again and retry",
-            metadata={"name": name},
-        )
 
 
 def _rowcount(status: str) -> int:

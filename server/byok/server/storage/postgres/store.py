@@ -35,10 +35,10 @@ from byok.server.errors import AlreadyExists, FailedPrecondition, InvalidArgumen
 from byok.server.filtering import Condition
 from byok.server.storage import migrations
 from byok.server.storage.base import ImportRecord, User
+from byok.server.storage.base import check_etag as _check_etag
 from byok.server.storage.postgres.accounts import AccountsMixin
 from byok.server.storage.postgres.base import (
     _Args,
-    _check_etag,
     asyncpg_dsn,
     create_pool,
     now_us,

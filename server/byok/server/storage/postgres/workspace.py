@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from byok.server.errors import AlreadyExists, FailedPrecondition, NotFound
+from byok.server.storage.base import check_etag as _check_etag
 from byok.server.storage.postgres.base import (
     PostgresBase,
     _Args,
-    _check_etag,
     _rowcount,
     now_us,
 )

@@ -25,10 +25,8 @@ from byok.server.conversations.model import (
     Role,
     SearchHit,
     Usage,
-    etag_of,
 )
 from byok.server.errors import (
-    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -37,6 +35,7 @@ from byok.server.errors import (
 from byok.server.filtering import Condition
 from byok.server.storage import migrations
 from byok.server.storage.base import ImportRecord, User
+from byok.server.storage.base import check_etag as _check_etag
 from byok.server.storage.sqlite.accounts import AccountsMixin
 from byok.server.storage.sqlite.base import now_us
 from byok.server.storage.sqlite.workspace import WorkspaceMixin
@@ -117,14 +116,6 @@ def _message(row: Sequence[Any]) -> Message:
         update_time_us=row[16],
         revision=row[17],
     )
-
-
-def _check_etag(expected: str | None, resource_id: str, revision: int, name: str) -> None:
-    if expected and expected != etag_of(resource_id, revision):
-        raise Aborted(
-            f"{name} was changed by someone else (etag mismatch); get it again and retry",
-            metadata={"name": name},
-        )
 
 
 async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:

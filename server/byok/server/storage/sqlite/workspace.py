@@ -14,8 +14,8 @@ from typing import Any
 
 import aiosqlite
 
-from byok.server.conversations.model import etag_of
-from byok.server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from byok.server.errors import AlreadyExists, FailedPrecondition, NotFound
+from byok.server.storage.base import check_etag as _check_etag
 from byok.server.storage.sqlite.base import SqliteBase, now_us
 from byok.server.storage.workspace import ModelProfile, Params, Space
 
@@ -58,14 +58,6 @@ def _space(row: Sequence[Any]) -> Space:
         revision=row[7],
         conversation_count=row[8],
     )
-
-
-def _check_etag(expected: str | None, resource_id: str, revision: int, name: str) -> None:
-    if expected and expected != etag_of(resource_id, revision):
-        raise Aborted(
-            f"{name} was changed by someone else (etag mismatch); get it again and retry",
-            metadata={"name": name},
-        )
 
 
 async def _fetchone(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Any:
