@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+from byok.server.conversations.model import Conversation, Message, Role
 from byok.server.storage import migrations
 from byok.server.storage.sqlite import SqliteStore
 from tests.support.servers import BIN
@@ -56,6 +57,44 @@ def test_rows_survive_rolling_back_later_migrations(tmp_path: Path) -> None:
     migrations.downgrade(url)
     migrations.upgrade(url)
     assert "users" in tables(db)
+
+
+async def test_prefix_index_migration_keeps_search_whole_both_ways(tmp_path: Path) -> None:
+    """0005 rebuilds the search index with prefix indexes from the stored messages, and
+    rolling it back rebuilds the plain one: every message stays findable either way."""
+    db = tmp_path / "byok.db"
+    url = migrations.sqlite_url(db)
+    migrations.upgrade(url)
+    assert migrations.downgrade(url, to="0004.workspace") == ["0005.search-prefix"]
+    store = await SqliteStore.open(db, migrate=False)
+    try:
+        conv, _ = await store.create_conversation("local", Conversation(id="c1", title="Loans"))
+        await store.append_messages(
+            "local",
+            conv.id,
+            [Message(f"m{i}", conv.id, Role.USER, f"borrowed {i}") for i in range(3)],
+        )
+    finally:
+        await store.close()
+
+    def prefix_hits() -> tuple[int, str]:
+        with sqlite3.connect(db) as conn:
+            hits = conn.execute(
+                "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'bor*'"
+            ).fetchone()[0]
+            sql = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE name = 'messages_fts'"
+            ).fetchone()[0]
+            conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')")
+        return hits, sql
+
+    assert prefix_hits()[0] == 3
+    assert migrations.upgrade(url) == ["0005.search-prefix"]
+    hits, sql = prefix_hits()
+    assert hits == 3 and "prefix='2 3 4'" in sql
+    migrations.downgrade(url)
+    hits, sql = prefix_hits()
+    assert hits == 3 and "prefix" not in sql
 
 
 async def test_store_opens_at_head_and_knows_the_local_user(tmp_path: Path) -> None:

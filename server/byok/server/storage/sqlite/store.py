@@ -36,6 +36,7 @@ from byok.server.filtering import Condition
 from byok.server.storage import migrations
 from byok.server.storage.base import ImportRecord, User
 from byok.server.storage.base import check_etag as _check_etag
+from byok.server.storage.sqlite import matches
 from byok.server.storage.sqlite.accounts import AccountsMixin
 from byok.server.storage.sqlite.base import now_us
 from byok.server.storage.sqlite.workspace import WorkspaceMixin
@@ -61,10 +62,8 @@ CONVERSATION_COLUMNS = {
 }
 SEARCH_COLUMNS = {"role": "m.role", "space": "c.space_id", "create_time": "m.create_time"}
 _OPS = {"=", "!=", "<", "<=", ">", ">="}
-# bm25 weights: a word in the message counts more than the same word in the title.
+READER_CACHE_KIB = 64 * 1024
 _INSERT_CHUNK = 500  # rows per INSERT (17 parameters each, well under SQLite's limit)
-_BM25 = "bm25(messages_fts, 1.0, 0.3)"
-_SNIPPET = "snippet(messages_fts, -1, '[', ']', '…', 16)"
 
 
 def _where(conditions: Sequence[Condition], columns: Mapping[str, str]) -> tuple[str, list[Any]]:
@@ -153,6 +152,9 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
             await asyncio.to_thread(migrations.upgrade, migrations.sqlite_url(path))
         writer = await _connect(path, busy_timeout_ms)
         reader = await _connect(path, busy_timeout_ms)
+        # Searches touch a few hundred scattered rows and index pages per query: a 64 MiB
+        # page cache (SQLite's default is 2 MiB) keeps the recent ones in process.
+        await reader.execute(f"PRAGMA cache_size = {-READER_CACHE_KIB}")
         return cls(path, writer, reader)
 
     async def close(self) -> None:
@@ -550,7 +552,11 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
     # -- search -----------------------------------------------------------------------
 
     def _search_base(
-        self, user_id: str, conversation_id: str | None, conditions: Sequence[Condition]
+        self,
+        user_id: str,
+        conversation_id: str | None,
+        conditions: Sequence[Condition],
+        join: str = "",
     ) -> tuple[str, list[Any]]:
         where, params = _where(conditions, SEARCH_COLUMNS)
         if conversation_id is not None:
@@ -558,7 +564,7 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
             params.append(conversation_id)
         base = (
             "FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid"
-            " JOIN conversations c ON c.seq = m.conversation_seq"
+            f" JOIN conversations c ON c.seq = m.conversation_seq{join}"
             f" WHERE messages_fts MATCH ? AND c.user_id = ?{where}"
         )
         return base, [user_id, *params]
@@ -579,13 +585,17 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
         extra = [before_seq] if before_seq is not None else []
         try:
             rows = await self._all(
-                f"SELECT {MSG_COLS}, c.title, {_SNIPPET} {base}{after}"
+                f"SELECT {MSG_COLS}, c.title {base}{after}"
                 " ORDER BY messages_fts.rowid DESC LIMIT ?",
                 (query, *params, *extra, limit),
             )
         except sqlite3.OperationalError as exc:
             raise _query_error(exc) from None
-        return [SearchHit(_message(r), r[18], r[19], 0.0) for r in rows]
+        query_phrases = matches.phrases(query)
+        return [
+            SearchHit(_message(r), r[18], matches.best_snippet(r[4], r[18], query_phrases), 0.0)
+            for r in rows
+        ]
 
     async def search_snapshot(self) -> int:
         """The newest message seq: matches after it are not part of a ranked result."""
@@ -604,37 +614,102 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
     ) -> list[tuple[int, float]]:
         """(seq, score) of the newest `window` matches up to `snapshot`, best first.
 
-        Ranking only a bounded window keeps a very common word as cheap as a rare one.
+        Ranking only a bounded window keeps a very common word as cheap as a rare one;
+        the scoring is `matches.rank` (FTS5's bm25 without its pass over every match).
         """
-        base, params = self._search_base(user_id, conversation_id, conditions)
+        base, params = self._search_base(
+            user_id,
+            conversation_id,
+            conditions,
+            " LEFT JOIN messages_fts_docsize d ON d.id = messages_fts.rowid",
+        )
         try:
             rows = await self._all(
-                f"SELECT seq, score FROM (SELECT messages_fts.rowid AS seq, {_BM25} AS score"
-                f" {base} AND messages_fts.rowid <= ? ORDER BY messages_fts.rowid DESC LIMIT ?)"
-                " ORDER BY score ASC, seq DESC",
+                f"SELECT messages_fts.rowid, m.content, c.title, d.sz {base}"
+                " AND messages_fts.rowid <= ? ORDER BY messages_fts.rowid DESC LIMIT ?",
                 (query, *params, snapshot, window),
             )
         except sqlite3.OperationalError as exc:
             raise _query_error(exc) from None
-        return [(int(r[0]), -float(r[1])) for r in rows]
+        if not rows:
+            return []
+        query_phrases = matches.phrases(query)
+        totals = await self._one("SELECT block FROM messages_fts_data WHERE id = 1")
+        counts = matches.varints(totals[0]) if totals and totals[0] else []
+        documents = counts[0] if counts else len(rows)
+        average = sum(counts[1:]) / documents if len(counts) > 1 and documents else 1.0
+        if len(query_phrases) == 1:
+            # One phrase: its IDF scales every score alike, so the window's own density
+            # is estimate enough (no second pass over the index).
+            dfs = [matches.estimated_df(len(rows), rows[-1][0], snapshot, documents, window)]
+        else:
+            dfs = [
+                await self._document_frequency(phrase, snapshot, documents, len(rows))
+                for phrase in query_phrases
+            ]
+        return matches.rank(rows, query_phrases, dfs, documents, average)
+
+    async def _document_frequency(
+        self, phrase: matches.Phrase, newest: int, documents: int, fallback: int
+    ) -> float:
+        """How many messages hold the phrase, bounded in cost (see `matches`)."""
+        try:
+            if len(phrase.tokens) == 1:
+                counted, oldest = await self._one(
+                    "SELECT count(*), min(rowid) FROM (SELECT rowid FROM messages_fts"
+                    " WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?)",
+                    (phrase.fts_query(), matches.DF_EXACT_LIMIT),
+                )
+                return matches.estimated_df(counted, oldest, newest, documents)
+            (counted,) = await self._one(
+                "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ? AND rowid > ?",
+                (phrase.fts_query(), newest - matches.PHRASE_SAMPLE_ROWS),
+            )
+            return matches.sampled_df(counted, documents)
+        except sqlite3.OperationalError:  # a token the index reads differently
+            return float(fallback)
 
     async def search_hits(
         self, user_id: str, query: str, ranked: Sequence[tuple[int, float]]
     ) -> list[SearchHit]:
-        """The messages (with snippets) of already ranked seqs, in the given order."""
+        """The messages (with snippets) of already ranked seqs, in the given order.
+
+        Plain lookups by seq, with the snippets cut from the text in Python: asking FTS5
+        (`messages_fts MATCH ? AND rowid IN (...)`) evaluates the query once per seq.
+        Messages deleted or edited out of the result since the ranking are left out: a
+        plain query (words, phrases, prefixes) is checked against the text here, any
+        other by FTS5.
+        """
         if not ranked:
             return []
-        marks = ",".join("?" * len(ranked))
-        base, params = self._search_base(user_id, None, ())
+        seqs = [seq for seq, _ in ranked]
+        marks = ",".join("?" * len(seqs))
         rows = await self._all(
-            f"SELECT {MSG_COLS}, c.title, {_SNIPPET} {base} AND messages_fts.rowid IN ({marks})",
-            (query, *params, *[seq for seq, _ in ranked]),
+            f"SELECT {MSG_COLS}, c.title FROM messages m"
+            " CROSS JOIN conversations c ON c.seq = m.conversation_seq"
+            f" WHERE m.seq IN ({marks}) AND c.user_id = ?",
+            (*seqs, user_id),
         )
-        by_seq = {r[0]: r for r in rows}
+        plain = matches.plain_phrases(query)
+        if plain is None:
+            still = await self._all(
+                f"SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? AND rowid IN ({marks})",
+                (query, *seqs),
+            )
+            kept = {r[0] for r in still}
+            by_seq = {r[0]: r for r in rows if r[0] in kept}
+        else:
+            by_seq = {r[0]: r for r in rows if matches.contains_all(r[4], r[18], plain)}
+        query_phrases = plain if plain is not None else matches.phrases(query)
         return [
-            SearchHit(_message(by_seq[seq]), by_seq[seq][18], by_seq[seq][19], score)
+            SearchHit(
+                _message(row),
+                row[18],
+                matches.best_snippet(row[4], row[18], query_phrases),
+                score,
+            )
             for seq, score in ranked
-            if seq in by_seq
+            if (row := by_seq.get(seq)) is not None
         ]
 
     # -- export / import --------------------------------------------------------------

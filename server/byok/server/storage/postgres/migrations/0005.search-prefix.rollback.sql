@@ -1,0 +1,1 @@
+COMMENT ON INDEX messages_search_index IS NULL;
