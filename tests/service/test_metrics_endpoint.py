@@ -90,5 +90,8 @@ async def test_metrics_count_what_happened(srv: RunningServer, upstream: Scripte
     assert value(m, "byok_gateway_overhead_seconds_count", **llm) == 2
     assert 0 < value(m, "byok_gateway_overhead_seconds_sum", **llm) < 2
     assert value(m, "byok_llm_active_streams", **llm) == 0
-    assert value(m, "byok_db_query_duration_seconds_count", operation="append_messages") >= 4
+    # Each turn started a thread: thread + user message in one store call, then the reply.
+    db_count = "byok_db_query_duration_seconds_count"
+    assert value(m, db_count, operation="create_conversation_with_messages") == 2
+    assert value(m, db_count, operation="append_messages") >= 2
     assert value(m, "byok_db_size_bytes") > 0

@@ -485,6 +485,56 @@ async def test_append_request_id_returns_the_first_message(store: FullStore) -> 
     assert after is not None and after.message_count == 1
 
 
+async def test_create_conversation_with_messages_is_create_then_append(
+    store: FullStore,
+) -> None:
+    conv, stored = await store.create_conversation_with_messages(
+        USER,
+        new_conv("w1", title="Turn", space_id="s1"),
+        [
+            new_msg("hello", usage=Usage(4, 0)),
+            new_msg("hi", Role.ASSISTANT, model="gpt-x", usage=Usage(1, 2)),
+        ],
+    )
+    assert [m.content for m in stored] == ["hello", "hi"]
+    assert all(m.conversation_id == "w1" and m.revision == 1 for m in stored)
+    assert 0 < stored[0].seq < stored[1].seq
+    got = await store.get_conversation(USER, "w1", with_messages=True)
+    assert got is not None and got.messages == stored
+    assert replace(got, messages=None) == conv
+    assert (conv.title, conv.space_id, conv.message_count) == ("Turn", "s1", 2)
+    assert (conv.usage, conv.last_model) == (Usage(5, 2), "gpt-x")
+
+    # The same thread built in two steps ends in the same state (counters, revision).
+    two, _ = await store.create_conversation(USER, new_conv("w2", title="Turn", space_id="s1"))
+    assert await store.append_messages(
+        USER,
+        two.id,
+        [
+            new_msg("hello", usage=Usage(4, 0)),
+            new_msg("hi", Role.ASSISTANT, model="gpt-x", usage=Usage(1, 2)),
+        ],
+    )
+    stepwise = await store.get_conversation(USER, "w2")
+    assert stepwise is not None
+    same = ("title", "space_id", "message_count", "usage", "last_model", "revision")
+    assert [getattr(stepwise, f) for f in same] == [getattr(conv, f) for f in same]
+
+    empty, none = await store.create_conversation_with_messages(USER, new_conv("w3"), [])
+    assert none == [] and empty.message_count == 0 and empty.revision == 1
+
+    with pytest.raises(AlreadyExists) as err:
+        await store.create_conversation_with_messages(USER, new_conv("w1"), [new_msg("again")])
+    assert err.value.reason == "CONVERSATION_EXISTS"
+    with pytest.raises(NotFound) as missing:
+        await store.create_conversation_with_messages("nobody", new_conv("w4"), [new_msg("x")])
+    assert missing.value.reason == "USER_NOT_FOUND"
+    # A failed create stores nothing: no thread, no message.
+    assert await store.get_conversation(USER, "w4") is None
+    after = await store.get_conversation(USER, "w1")
+    assert after is not None and after.message_count == 2
+
+
 async def test_concurrent_appends_from_two_stores_keep_exact_counters(
     store: FullStore, location: Location
 ) -> None:

@@ -183,6 +183,23 @@ class Conversations:
         )
         return created
 
+    async def start(
+        self, user_id: str, message: Message, *, title: str = "", space: str = ""
+    ) -> tuple[Conversation, Message]:
+        """`create` then `append` in one store transaction: what a chat turn that starts
+        a thread must have stored before it calls the model, in one round trip."""
+        conv = Conversation(
+            id=new_id(),
+            title=check_title(title, "conversation.title"),
+            space_id=await self._existing_space(user_id, space, "conversation.space"),
+        )
+        self._check_message(message)
+        message.id = message.id or new_id()
+        created, stored = await self.store.create_conversation_with_messages(
+            user_id, conv, [message]
+        )
+        return created, stored[0]
+
     async def get(self, user_id: str, name: str, *, full: bool = True) -> Conversation:
         conv = await self.store.get_conversation(
             user_id,
@@ -320,6 +337,17 @@ class Conversations:
         self, user_id: str, parent: str, message: Message, *, request_id: str = ""
     ) -> Message:
         conv_id = self.conversation_id(parent, "parent")
+        self._check_message(message)
+        message.id = message.id or new_id()
+        stored = await self.store.append_messages(
+            user_id, conv_id, [message], request_id=request_id or None
+        )
+        if stored is None:
+            raise NotFound.resource(parent)
+        return stored[0]
+
+    @staticmethod
+    def _check_message(message: Message) -> None:
         if message.role not in Role.__members__.values():
             raise InvalidArgument.field(
                 "message.role",
@@ -328,13 +356,6 @@ class Conversations:
         check_content(message.content, "message.content")
         check_metadata(message.metadata, "message.metadata")
         check_generation(message)
-        message.id = message.id or new_id()
-        stored = await self.store.append_messages(
-            user_id, conv_id, [message], request_id=request_id or None
-        )
-        if stored is None:
-            raise NotFound.resource(parent)
-        return stored[0]
 
     async def get_message(self, user_id: str, name: str) -> Message:
         conv_id, msg_id = self.message_ids(name)

@@ -61,6 +61,15 @@ class Store(Protocol):
         self, user_id: str, conv: Conversation, *, request_id: str | None = None
     ) -> tuple[Conversation, bool]: ...
 
+    async def create_conversation_with_messages(
+        self, user_id: str, conv: Conversation, messages: Sequence[Message]
+    ) -> tuple[Conversation, list[Message]]:
+        """`create_conversation` then `append_messages` as one transaction, so a chat
+        turn that starts a thread stores it and its user message in one round trip.
+        Returns the thread as stored after the append (counters, revision) and the
+        stored messages."""
+        ...
+
     async def get_conversation(
         self,
         user_id: str,

@@ -173,6 +173,57 @@ def _message_values(
     )
 
 
+async def _insert_messages(
+    db: Connection,
+    conv_seq: int,
+    conversation_id: str,
+    messages: Sequence[Message],
+    request_id: str | None,
+) -> tuple[list[Message], asyncpg.Record]:
+    """Inserts messages into a thread whose row the transaction owns (locked or just
+    created) and bumps its counters; returns the stored messages and the thread's row."""
+    now = now_us()
+    stored: list[Message] = []
+    last_model = None
+    prompt = completion = 0
+    for msg in messages:
+        created = msg.create_time_us or now
+        seq = await db.fetchval(
+            MSG_INSERT + " RETURNING seq",
+            *_message_values(msg, conv_seq, created, request_id),
+        )
+        prompt += msg.usage.prompt_tokens
+        completion += msg.usage.completion_tokens
+        if msg.role is Role.ASSISTANT and msg.model:
+            last_model = msg.model
+        stored.append(
+            Message(
+                **{
+                    **msg.__dict__,
+                    "conversation_id": conversation_id,
+                    "create_time_us": created,
+                    "update_time_us": created,
+                    "revision": 1,
+                    "seq": seq,
+                }
+            )
+        )
+    row = await db.fetchrow(
+        "UPDATE conversations AS c SET message_count = message_count + $1,"
+        " prompt_tokens = prompt_tokens + $2, completion_tokens = completion_tokens + $3,"
+        " last_model = COALESCE($4, last_model), update_time = $5,"
+        f" revision = revision + 1 WHERE seq = $6 RETURNING {CONV_COLS}",
+        len(messages),
+        prompt,
+        completion,
+        last_model,
+        now,
+        conv_seq,
+    )
+    assert row is not None
+    return stored, row
+
+
 def _conversation_exists(conversation_id: str) -> AlreadyExists:
     return AlreadyExists(
         f"conversations/{conversation_id} already exists",
@@ -267,6 +318,40 @@ class PostgresStore(AccountsMixin, WorkspaceMixin):
             raise NotFound(f"no user {user_id!r}", reason="USER_NOT_FOUND") from None
         assert row is not None
         return _conversation(row), True
+
+    async def create_conversation_with_messages(
+        self, user_id: str, conv: Conversation, messages: Sequence[Message]
+    ) -> tuple[Conversation, list[Message]]:
+        """`create_conversation` then `append_messages`, in one transaction: a new chat
+        turn stores its thread and user message before the upstream call. The new row
+        is not visible to anyone else before the commit, so no lock is needed."""
+        now = now_us()
+        try:
+            async with self._tx() as db:
+                row = await db.fetchrow(
+                    "INSERT INTO conversations AS c (id, user_id, title, metadata, space_id,"
+                    " pinned, archived, create_time, update_time)"
+                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {CONV_COLS}",
+                    conv.id,
+                    user_id,
+                    conv.title,
+                    dict(conv.metadata),
+                    conv.space_id,
+                    conv.pinned,
+                    conv.archived,
+                    now,
+                )
+                assert row is not None
+                if not messages:
+                    return _conversation(row), []
+                stored, row = await _insert_messages(db, row[0], conv.id, messages, None)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.table_name != "conversations":
+                raise
+            raise _conversation_exists(conv.id) from None
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound(f"no user {user_id!r}", reason="USER_NOT_FOUND") from None
+        return _conversation(row), stored
 
     async def get_conversation(
         self,
@@ -420,44 +505,7 @@ class PostgresStore(AccountsMixin, WorkspaceMixin):
                 )
                 if existing is not None:
                     return [_message(existing)]
-            now = now_us()
-            stored: list[Message] = []
-            last_model = None
-            prompt = completion = 0
-            for msg in messages:
-                created = msg.create_time_us or now
-                seq = await db.fetchval(
-                    MSG_INSERT + " RETURNING seq",
-                    *_message_values(msg, conv_seq, created, request_id),
-                )
-                prompt += msg.usage.prompt_tokens
-                completion += msg.usage.completion_tokens
-                if msg.role is Role.ASSISTANT and msg.model:
-                    last_model = msg.model
-                stored.append(
-                    Message(
-                        **{
-                            **msg.__dict__,
-                            "conversation_id": conversation_id,
-                            "create_time_us": created,
-                            "update_time_us": created,
-                            "revision": 1,
-                            "seq": seq,
-                        }
-                    )
-                )
-            await db.execute(
-                "UPDATE conversations SET message_count = message_count + $1,"
-                " prompt_tokens = prompt_tokens + $2, completion_tokens = completion_tokens + $3,"
-                " last_model = COALESCE($4, last_model), update_time = $5,"
-                " revision = revision + 1 WHERE seq = $6",
-                len(messages),
-                prompt,
-                completion,
-                last_model,
-                now,
-                conv_seq,
-            )
+            stored, _ = await _insert_messages(db, conv_seq, conversation_id, messages, request_id)
             return stored
 
     async def get_message(

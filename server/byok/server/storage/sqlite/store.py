@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -51,6 +51,7 @@ MSG_COLS = (
     " m.prompt_tokens, m.completion_tokens, m.latency_us, m.ttft_us, m.finish_reason,"
     " m.metadata, m.create_time, m.update_time, m.revision"
 )
+_T = TypeVar("_T")
 # Filter fields → columns. Nothing outside these maps ever reaches SQL text.
 CONVERSATION_COLUMNS = {
     "space": "c.space_id",
@@ -117,6 +118,129 @@ def _message(row: Sequence[Any]) -> Message:
     )
 
 
+def _insert_conversation(
+    db: sqlite3.Connection, user_id: str, conv: Conversation, request_id: str | None
+) -> Conversation:
+    """Inserts a new thread (on the writer's thread, inside a transaction)."""
+    now = now_us()
+    try:
+        cur = db.execute(
+            "INSERT INTO conversations (id, user_id, title, metadata, space_id, pinned,"
+            " archived, create_time, update_time, request_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                conv.id,
+                user_id,
+                conv.title,
+                json.dumps(conv.metadata),
+                conv.space_id,
+                int(conv.pinned),
+                int(conv.archived),
+                now,
+                now,
+                request_id,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        if "FOREIGN KEY" in str(exc):
+            raise NotFound(f"no user {user_id!r}", reason="USER_NOT_FOUND") from None
+        raise AlreadyExists(
+            f"conversations/{conv.id} already exists",
+            reason="CONVERSATION_EXISTS",
+            metadata={"name": f"conversations/{conv.id}"},
+        ) from None
+    return Conversation(
+        id=conv.id,
+        title=conv.title,
+        metadata=dict(conv.metadata),
+        space_id=conv.space_id,
+        pinned=conv.pinned,
+        archived=conv.archived,
+        create_time_us=now,
+        update_time_us=now,
+        seq=cur.lastrowid or 0,
+    )
+
+
+def _insert_messages(
+    db: sqlite3.Connection,
+    conv_seq: int,
+    conversation_id: str,
+    messages: Sequence[Message],
+    request_id: str | None,
+) -> tuple[list[Message], tuple[int, int, str | None, int]]:
+    """Inserts messages and bumps the thread's counters (on the writer's thread, inside
+    a transaction). Returns the stored messages and (prompt, completion, last_model,
+    now) as added to the thread."""
+    now = now_us()
+    last_model = None
+    prompt = completion = 0
+    # One multi-row INSERT per chunk: the FTS trigger opens a savepoint per
+    # statement and FTS5 flushes a segment at each, so one statement per message
+    # is ~4x slower in bulk (docs/performance.md).
+    rows: list[tuple[Any, ...]] = []
+    for msg in messages:
+        created = msg.create_time_us or now
+        rows.append(
+            (
+                msg.id,
+                conv_seq,
+                int(msg.role),
+                msg.content,
+                int(msg.status),
+                msg.incomplete_reason,
+                msg.model,
+                msg.route,
+                msg.usage.prompt_tokens,
+                msg.usage.completion_tokens,
+                msg.latency_us,
+                msg.ttft_us,
+                msg.finish_reason,
+                json.dumps(msg.metadata),
+                created,
+                created,
+                request_id,
+            )
+        )
+        prompt += msg.usage.prompt_tokens
+        completion += msg.usage.completion_tokens
+        if msg.role is Role.ASSISTANT and msg.model:
+            last_model = msg.model
+    seqs: dict[str, int] = {}
+    for chunk in range(0, len(rows), _INSERT_CHUNK):
+        part = rows[chunk : chunk + _INSERT_CHUNK]
+        marks = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+        cur = db.execute(
+            "INSERT INTO messages (id, conversation_seq, role, content, status,"
+            " incomplete_reason, model, route, prompt_tokens, completion_tokens,"
+            " latency_us, ttft_us, finish_reason, metadata, create_time, update_time,"
+            f" request_id) VALUES {marks} RETURNING id, seq",
+            [value for values in part for value in values],
+        )
+        seqs.update({r[0]: r[1] for r in cur.fetchall()})
+    stored = [
+        Message(
+            **{
+                **msg.__dict__,
+                "conversation_id": conversation_id,
+                "create_time_us": values[14],
+                "update_time_us": values[14],
+                "revision": 1,
+                "seq": seqs[msg.id],
+            }
+        )
+        for msg, values in zip(messages, rows, strict=True)
+    ]
+    db.execute(
+        "UPDATE conversations SET message_count = message_count + ?,"
+        " prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,"
+        " last_model = COALESCE(?, last_model), update_time = ?, revision = revision + 1"
+        " WHERE seq = ?",
+        (len(messages), prompt, completion, last_model, now, conv_seq),
+    )
+    return stored, (prompt, completion, last_model, now)
+
+
 async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -179,59 +303,69 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
 
     # -- conversations ----------------------------------------------------------------
 
+    async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Runs `fn` as one write transaction in a single job on the writer's thread.
+
+        A transaction through aiosqlite's statement API pays a thread hop (queue, wake-up,
+        loop callback) for BEGIN, each statement, each fetch, each cursor close and COMMIT:
+        ~8 hops for one append, ~1 ms of a chat turn. aiosqlite has no public call for
+        "run this function on the connection's thread"; `_execute` is what its own
+        methods use. The job is not interrupted by a cancelled caller: it commits or
+        rolls back on its own, and the next job waits behind it on the same thread.
+        """
+        writer = self._writer
+
+        def transaction() -> _T:
+            db = writer._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        run = cast(Callable[[Callable[[], _T]], Awaitable[_T]], writer._execute)
+        async with self._write_lock:
+            return await run(transaction)
+
     async def create_conversation(
         self, user_id: str, conv: Conversation, *, request_id: str | None = None
     ) -> tuple[Conversation, bool]:
         """Returns (conversation, created). A known request_id returns the first result."""
-        async with self._tx() as db:
+
+        def create(db: sqlite3.Connection) -> tuple[Conversation, bool]:
             if request_id:
-                async with db.execute(
+                row = db.execute(
                     f"SELECT {CONV_COLS} FROM conversations c WHERE user_id = ? AND request_id = ?",
                     (user_id, request_id),
-                ) as cur:
-                    row = await cur.fetchone()
+                ).fetchone()
                 if row is not None:
                     return _conversation(row), False
-            now = now_us()
-            try:
-                cur = await db.execute(
-                    "INSERT INTO conversations (id, user_id, title, metadata, space_id, pinned,"
-                    " archived, create_time, update_time, request_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        conv.id,
-                        user_id,
-                        conv.title,
-                        json.dumps(conv.metadata),
-                        conv.space_id,
-                        int(conv.pinned),
-                        int(conv.archived),
-                        now,
-                        now,
-                        request_id,
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                if "FOREIGN KEY" in str(exc):
-                    raise NotFound(f"no user {user_id!r}", reason="USER_NOT_FOUND") from None
-                raise AlreadyExists(
-                    f"conversations/{conv.id} already exists",
-                    reason="CONVERSATION_EXISTS",
-                    metadata={"name": f"conversations/{conv.id}"},
-                ) from None
-            seq = cur.lastrowid
-        created = Conversation(
-            id=conv.id,
-            title=conv.title,
-            metadata=dict(conv.metadata),
-            space_id=conv.space_id,
-            pinned=conv.pinned,
-            archived=conv.archived,
-            create_time_us=now,
-            update_time_us=now,
-            seq=seq or 0,
-        )
-        return created, True
+            return _insert_conversation(db, user_id, conv, request_id), True
+
+        return await self._write(create)
+
+    async def create_conversation_with_messages(
+        self, user_id: str, conv: Conversation, messages: Sequence[Message]
+    ) -> tuple[Conversation, list[Message]]:
+        """`create_conversation` then `append_messages`, in one transaction (one thread
+        hop): a new chat turn stores its thread and user message before the upstream call."""
+
+        def create(db: sqlite3.Connection) -> tuple[Conversation, list[Message]]:
+            created = _insert_conversation(db, user_id, conv, None)
+            if not messages:
+                return created, []
+            stored, counters = _insert_messages(db, created.seq, conv.id, messages, None)
+            created.message_count = len(stored)
+            created.usage = Usage(counters[0], counters[1])
+            created.last_model = counters[2] or created.last_model
+            created.update_time_us = counters[3]
+            created.revision += 1
+            return created, stored
+
+        return await self._write(create)
 
     async def get_conversation(
         self,
@@ -358,95 +492,27 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
 
         With a request_id (single message), a retry returns the message first stored.
         """
-        async with self._tx() as db:
-            async with db.execute(
+
+        def append(db: sqlite3.Connection) -> list[Message] | None:
+            row = db.execute(
                 "SELECT seq FROM conversations WHERE id = ? AND user_id = ?",
                 (conversation_id, user_id),
-            ) as cur:
-                row = await cur.fetchone()
+            ).fetchone()
             if row is None:
                 return None
             conv_seq = row[0]
             if request_id:
-                async with db.execute(
+                existing = db.execute(
                     f"SELECT {MSG_COLS} FROM messages m JOIN conversations c"
                     " ON c.seq = m.conversation_seq"
                     " WHERE m.conversation_seq = ? AND m.request_id = ?",
                     (conv_seq, request_id),
-                ) as cur:
-                    existing = await cur.fetchone()
+                ).fetchone()
                 if existing is not None:
                     return [_message(existing)]
-            now = now_us()
-            stored: list[Message] = []
-            last_model = None
-            prompt = completion = 0
-            # One multi-row INSERT per chunk: the FTS trigger opens a savepoint per
-            # statement and FTS5 flushes a segment at each, so one statement per message
-            # is ~4x slower in bulk (docs/performance.md).
-            rows: list[tuple[Any, ...]] = []
-            for msg in messages:
-                created = msg.create_time_us or now
-                rows.append(
-                    (
-                        msg.id,
-                        conv_seq,
-                        int(msg.role),
-                        msg.content,
-                        int(msg.status),
-                        msg.incomplete_reason,
-                        msg.model,
-                        msg.route,
-                        msg.usage.prompt_tokens,
-                        msg.usage.completion_tokens,
-                        msg.latency_us,
-                        msg.ttft_us,
-                        msg.finish_reason,
-                        json.dumps(msg.metadata),
-                        created,
-                        created,
-                        request_id,
-                    )
-                )
-                prompt += msg.usage.prompt_tokens
-                completion += msg.usage.completion_tokens
-                if msg.role is Role.ASSISTANT and msg.model:
-                    last_model = msg.model
-            seqs: dict[str, int] = {}
-            for chunk in range(0, len(rows), _INSERT_CHUNK):
-                part = rows[chunk : chunk + _INSERT_CHUNK]
-                marks = ",".join(
-                    ["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)
-                )
-                async with db.execute(
-                    "INSERT INTO messages (id, conversation_seq, role, content, status,"
-                    " incomplete_reason, model, route, prompt_tokens, completion_tokens,"
-                    " latency_us, ttft_us, finish_reason, metadata, create_time, update_time,"
-                    f" request_id) VALUES {marks} RETURNING id, seq",
-                    [value for values in part for value in values],
-                ) as cur:
-                    seqs.update({r[0]: r[1] for r in await cur.fetchall()})
-            for msg, values in zip(messages, rows, strict=True):
-                stored.append(
-                    Message(
-                        **{
-                            **msg.__dict__,
-                            "conversation_id": conversation_id,
-                            "create_time_us": values[14],
-                            "update_time_us": values[14],
-                            "revision": 1,
-                            "seq": seqs[msg.id],
-                        }
-                    )
-                )
-            await db.execute(
-                "UPDATE conversations SET message_count = message_count + ?,"
-                " prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,"
-                " last_model = COALESCE(?, last_model), update_time = ?, revision = revision + 1"
-                " WHERE seq = ?",
-                (len(messages), prompt, completion, last_model, now, conv_seq),
-            )
-            return stored
+            return _insert_messages(db, conv_seq, conversation_id, messages, request_id)[0]
+
+        return await self._write(append)
 
     async def get_message(
         self, user_id: str, conversation_id: str, message_id: str
