@@ -115,7 +115,20 @@ async def test_streams_one_delta_per_chunk_then_end(up: ScriptedUpstream, make: 
         TextDelta(", world"),
         StreamEnd("stop", prompt_tokens=7, completion_tokens=3),
     ]
-    assert up.completed == 1
+    # Read to the end (the connection goes back to the pool); the upstream counts it
+    # once its handler returns, a moment after the client saw the end.
+    await up.wait_for(lambda: up.completed == 1)
+
+
+async def test_turns_reuse_one_connection(up: ScriptedUpstream, make: Make) -> None:
+    """The body is read past [DONE] to its end, so the connection is kept: closing it
+    there would cost every turn a new TCP (and TLS) handshake."""
+    provider = make()
+    for _ in range(3):
+        up.reply(["a", "b"])
+        assert isinstance((await collect(provider))[-1], StreamEnd)
+    assert len({r.client_port for r in up.requests}) == 1
+    assert up.requests[0].client_port > 0
 
 
 async def test_finish_reason_is_passed_on(up: ScriptedUpstream, make: Make) -> None:

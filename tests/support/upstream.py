@@ -42,6 +42,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # lower-case names
     json: Any
+    client_port: int = 0  # the client's end of the connection: tells a reused one
 
     @property
     def authorization(self) -> str | None:
@@ -228,7 +229,8 @@ class ScriptedUpstream:
 
     def _record(self, request: Request, body: Any) -> None:
         headers = {name.lower(): value for name, value in request.headers.items()}
-        self.requests.append(RecordedRequest(request.method, request.url.path, headers, body))
+        port = request.client.port if request.client else 0
+        self.requests.append(RecordedRequest(request.method, request.url.path, headers, body, port))
 
     @staticmethod
     def _echo(body: Any) -> _Reply:
