@@ -38,7 +38,7 @@ from byok.server.storage.base import ImportRecord, User
 from byok.server.storage.base import check_etag as _check_etag
 from byok.server.storage.sqlite import matches
 from byok.server.storage.sqlite.accounts import AccountsMixin
-from byok.server.storage.sqlite.base import now_us
+from byok.server.storage.sqlite.base import fetch_all, fetch_one, now_us
 from byok.server.storage.sqlite.workspace import WorkspaceMixin
 
 CONV_COLS = (
@@ -689,51 +689,42 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
             conditions,
             " LEFT JOIN messages_fts_docsize d ON d.id = messages_fts.rowid",
         )
-        try:
-            rows = await self._all(
+        query_phrases = matches.phrases(query)
+
+        def window_and_statistics(
+            db: sqlite3.Connection,
+        ) -> tuple[list[matches.Candidate], int, float, list[float]]:
+            rows = fetch_all(
+                db,
                 f"SELECT messages_fts.rowid, m.content, c.title, d.sz {base}"
                 " AND messages_fts.rowid <= ? ORDER BY messages_fts.rowid DESC LIMIT ?",
                 (query, *params, snapshot, window),
             )
+            if not rows:
+                return [], 0, 1.0, []
+            totals = fetch_one(db, "SELECT block FROM messages_fts_data WHERE id = 1")
+            counts = matches.varints(totals[0]) if totals and totals[0] else []
+            documents = counts[0] if counts else len(rows)
+            average = sum(counts[1:]) / documents if len(counts) > 1 and documents else 1.0
+            if len(query_phrases) == 1:
+                # One phrase: its IDF scales every score alike, so the window's own
+                # density is estimate enough (no second pass over the index).
+                oldest = rows[-1][0]
+                dfs = [matches.estimated_df(len(rows), oldest, snapshot, documents, window)]
+            else:
+                dfs = [
+                    _document_frequency(db, phrase, snapshot, documents, len(rows))
+                    for phrase in query_phrases
+                ]
+            return rows, documents, average, dfs
+
+        try:
+            rows, documents, average, dfs = await self._read(window_and_statistics)
         except sqlite3.OperationalError as exc:
             raise _query_error(exc) from None
         if not rows:
             return []
-        query_phrases = matches.phrases(query)
-        totals = await self._one("SELECT block FROM messages_fts_data WHERE id = 1")
-        counts = matches.varints(totals[0]) if totals and totals[0] else []
-        documents = counts[0] if counts else len(rows)
-        average = sum(counts[1:]) / documents if len(counts) > 1 and documents else 1.0
-        if len(query_phrases) == 1:
-            # One phrase: its IDF scales every score alike, so the window's own density
-            # is estimate enough (no second pass over the index).
-            dfs = [matches.estimated_df(len(rows), rows[-1][0], snapshot, documents, window)]
-        else:
-            dfs = [
-                await self._document_frequency(phrase, snapshot, documents, len(rows))
-                for phrase in query_phrases
-            ]
         return matches.rank(rows, query_phrases, dfs, documents, average)
-
-    async def _document_frequency(
-        self, phrase: matches.Phrase, newest: int, documents: int, fallback: int
-    ) -> float:
-        """How many messages hold the phrase, bounded in cost (see `matches`)."""
-        try:
-            if len(phrase.tokens) == 1:
-                counted, oldest = await self._one(
-                    "SELECT count(*), min(rowid) FROM (SELECT rowid FROM messages_fts"
-                    " WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?)",
-                    (phrase.fts_query(), matches.DF_EXACT_LIMIT),
-                )
-                return matches.estimated_df(counted, oldest, newest, documents)
-            (counted,) = await self._one(
-                "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ? AND rowid > ?",
-                (phrase.fts_query(), newest - matches.PHRASE_SAMPLE_ROWS),
-            )
-            return matches.sampled_df(counted, documents)
-        except sqlite3.OperationalError:  # a token the index reads differently
-            return float(fallback)
 
     async def search_hits(
         self, user_id: str, query: str, ranked: Sequence[tuple[int, float]]
@@ -750,22 +741,27 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
             return []
         seqs = [seq for seq, _ in ranked]
         marks = ",".join("?" * len(seqs))
-        rows = await self._all(
-            f"SELECT {MSG_COLS}, c.title FROM messages m"
-            " CROSS JOIN conversations c ON c.seq = m.conversation_seq"
-            f" WHERE m.seq IN ({marks}) AND c.user_id = ?",
-            (*seqs, user_id),
-        )
         plain = matches.plain_phrases(query)
-        if plain is None:
-            still = await self._all(
+
+        def fetch(db: sqlite3.Connection) -> dict[int, Any]:
+            rows = fetch_all(
+                db,
+                f"SELECT {MSG_COLS}, c.title FROM messages m"
+                " CROSS JOIN conversations c ON c.seq = m.conversation_seq"
+                f" WHERE m.seq IN ({marks}) AND c.user_id = ?",
+                (*seqs, user_id),
+            )
+            if plain is not None:
+                return {r[0]: r for r in rows if matches.contains_all(r[4], r[18], plain)}
+            still = fetch_all(
+                db,
                 f"SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? AND rowid IN ({marks})",
                 (query, *seqs),
             )
             kept = {r[0] for r in still}
-            by_seq = {r[0]: r for r in rows if r[0] in kept}
-        else:
-            by_seq = {r[0]: r for r in rows if matches.contains_all(r[4], r[18], plain)}
+            return {r[0]: r for r in rows if r[0] in kept}
+
+        by_seq = await self._read(fetch)
         query_phrases = plain if plain is not None else matches.phrases(query)
         return [
             SearchHit(
@@ -878,6 +874,29 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
                 ],
             )
             return conversation_id, True
+
+
+def _document_frequency(
+    db: sqlite3.Connection, phrase: matches.Phrase, newest: int, documents: int, fallback: int
+) -> float:
+    """How many messages hold the phrase, bounded in cost (see `matches`)."""
+    try:
+        if len(phrase.tokens) == 1:
+            counted, oldest = fetch_one(
+                db,
+                "SELECT count(*), min(rowid) FROM (SELECT rowid FROM messages_fts"
+                " WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?)",
+                (phrase.fts_query(), matches.DF_EXACT_LIMIT),
+            )
+            return matches.estimated_df(counted, oldest, newest, documents)
+        (counted,) = fetch_one(
+            db,
+            "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ? AND rowid > ?",
+            (phrase.fts_query(), newest - matches.PHRASE_SAMPLE_ROWS),
+        )
+        return matches.sampled_df(counted, documents)
+    except sqlite3.OperationalError:  # a token the index reads differently
+        return float(fallback)
 
 
 def _query_error(exc: sqlite3.OperationalError) -> InvalidArgument:
