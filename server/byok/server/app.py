@@ -90,7 +90,7 @@ class App:
         await asyncio.to_thread(tokens.load_encoding)
         store = instrument_store(self.store, self.metrics) if self.metrics else self.store
         try:
-            conversations = Conversations(store, workspace=store)
+            conversations = Conversations(store, workspace=store, search_window=s.search_window)
             routes = RouteTable(self.routing)
             stats = LiveStats()
             catalog = ModelCatalog(

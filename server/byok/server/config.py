@@ -109,6 +109,9 @@ class Settings(BaseSettings):
         default=5000, ge=0, le=600_000, validation_alias=AliasChoices("BYOK_SQLITE_BUSY_TIMEOUT_MS")
     )
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("BYOK_LOG_LEVEL"))
+    search_window: int = Field(
+        default=300, ge=20, le=100_000, validation_alias=AliasChoices("BYOK_SEARCH_WINDOW")
+    )
     context_token_budget: int = Field(
         default=6000, ge=256, le=2_000_000, validation_alias=AliasChoices("CONTEXT_TOKEN_BUDGET")
     )

@@ -27,11 +27,11 @@ MAX_METADATA_KEY = 128
 MAX_METADATA_VALUE = 4096
 MAX_CONTENT_BYTES = 1024 * 1024
 FULL_VIEW_MESSAGES = 10_000
-SEARCH_WINDOW = 500  # relevance ranks the newest 500 matches (docs/search.md)
+SEARCH_WINDOW = 300  # relevance ranks the newest 300 matches (BYOK_SEARCH_WINDOW)
 SEARCH_DEFAULT_PAGE = 20
 SEARCH_MAX_PAGE = 100
 MAX_QUERY = 1000
-RANKING_CACHE = 32  # each holds up to SEARCH_WINDOW (seq, score) pairs
+RANKING_CACHE = 32  # each holds up to the search window's (seq, score) pairs
 
 ROLE_NAMES = {f"ROLE_{r.name}": int(r) for r in Role}
 
@@ -128,9 +128,18 @@ class ImportResult:
 class Conversations:
     """The ConversationService use cases, for one store."""
 
-    def __init__(self, store: Store, workspace: WorkspaceStore | None = None):
+    def __init__(
+        self,
+        store: Store,
+        workspace: WorkspaceStore | None = None,
+        *,
+        search_window: int = SEARCH_WINDOW,
+    ):
         self.store = store
         self.workspace = workspace
+        # Relevance ranks only this many of the newest matches: the cost of a search is
+        # bounded by it, not by how common its words are (docs/search.md).
+        self.search_window = search_window
         # Ranked relevance windows by query and snapshot, oldest evicted first.
         self._rankings: dict[tuple[str, ...] | tuple[Any, ...], list[tuple[int, float]]] = {}
 
@@ -469,7 +478,7 @@ class Conversations:
                 conversation_id=scope,
                 conditions=conditions,
                 snapshot=snapshot,
-                window=SEARCH_WINDOW,
+                window=self.search_window,
             )
             self._rankings[cache_key] = ranked
             while len(self._rankings) > RANKING_CACHE:
