@@ -374,6 +374,36 @@ def to_messages(thread: list[tuple[Role, str, int]]) -> list[Message]:
     ]
 
 
+class StealMeter:
+    """Share of the vCPUs' time the hypervisor gave to other guests (Linux /proc/stat).
+
+    On a shared virtual machine a vCPU can be paused for tens of milliseconds; a query
+    caught by it shows wall time far above its CPU time. Reported, so a reader can tell
+    a slow query from a stolen CPU.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._read()
+        self.t0 = time.perf_counter()
+
+    @staticmethod
+    def _read() -> int | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+            return int(fields[8])  # cpu user nice system idle iowait irq softirq steal
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def percent(self) -> float | None:
+        end = self._read()
+        if self.start is None or end is None:
+            return None
+        ticks_per_s = os.sysconf("SC_CLK_TCK")
+        elapsed = (time.perf_counter() - self.t0) * ticks_per_s * (os.cpu_count() or 1)
+        return 100.0 * (end - self.start) / elapsed if elapsed > 0 else None
+
+
 async def build(
     conv: Conversations,
     store: SqliteStore | PostgresStore,
@@ -842,6 +872,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log("query mix:")
         for q in queries:
             log(f"  {q.cls:7} {q.text:32} {q.matches:>9,} matches ({q.matches / n_messages:.3%})")
+        search_steal = StealMeter()
         classes = list(dict.fromkeys(q.cls for q in queries if q.cls != STRESS))
         by_class = {c: [q for q in queries if q.cls == c] for c in [*classes, STRESS]}
 
@@ -940,6 +971,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "search relevance page 2 (cached ranking)", search_page2, n, warmup=len(page2)
         )
         load.append(("search", os.getloadavg()[0]))
+        out["cpu_steal_search_percent"] = search_steal.percent()
         stress: list[Result] = []
         broad = by_class[STRESS][0]
         for order, order_by in ORDERS.items():
@@ -1127,6 +1159,12 @@ def print_report(
     )
     loads = ", ".join(f"{phase} {value:.1f}" for phase, value in out["load_average_1m"])
     print(f"load average (1 min) on this {m['cores']}-core machine: {loads}")
+    steal = out.get("cpu_steal_search_percent")
+    if steal is not None:
+        print(
+            f"CPU steal during the searches: {steal:.1f}% of the vCPUs' time went to other"
+            " guests of the host (wall p99 above cpu p99 is mostly this)"
+        )
     print(f"database size: {backend.size_text(out['db_size_bytes'])}; {backend.label}")
 
 
