@@ -92,6 +92,9 @@ async def test_prefix_index_migration_keeps_search_whole_both_ways(tmp_path: Pat
     assert migrations.upgrade(url) == ["0005.search-prefix"]
     hits, sql = prefix_hits()
     assert hits == 3 and "prefix='2 3 4'" in sql
+    with sqlite3.connect(db) as conn:
+        config = dict(conn.execute("SELECT k, v FROM messages_fts_config").fetchall())
+    assert config.get("automerge") == 8
     migrations.downgrade(url)
     hits, sql = prefix_hits()
     assert hits == 3 and "prefix" not in sql
