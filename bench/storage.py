@@ -1187,7 +1187,12 @@ def main() -> None:
     )
     parser.add_argument("--like-samples", type=int, default=6, help="LIKE samples per class")
     parser.add_argument("--naive-samples", type=int, default=10)
-    parser.add_argument("--extra-threads", type=int, default=20, help="batched appends at size")
+    parser.add_argument(
+        "--extra-threads",
+        type=int,
+        default=200,
+        help="batched appends at size (enough that FTS5 segment merges are in the average)",
+    )
     parser.add_argument("--stress-samples", type=int, default=3, help="broad-prefix samples")
     parser.add_argument(
         "--build-writers",
