@@ -224,6 +224,29 @@ async def _insert_messages(
     return stored, row
 
 
+async def _insert_conversation(
+    db: Connection, user_id: str, conv: Conversation, request_id: str | None
+) -> asyncpg.Record:
+    """Inserts a new thread and returns its row; the caller maps constraint errors."""
+    now = now_us()
+    row = await db.fetchrow(
+        "INSERT INTO conversations AS c (id, user_id, title, metadata, space_id,"
+        " pinned, archived, create_time, update_time, request_id)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) RETURNING {CONV_COLS}",
+        conv.id,
+        user_id,
+        conv.title,
+        dict(conv.metadata),
+        conv.space_id,
+        conv.pinned,
+        conv.archived,
+        now,
+        request_id,
+    )
+    assert row is not None
+    return row
+
+
 def _conversation_exists(conversation_id: str) -> AlreadyExists:
     return AlreadyExists(
         f"conversations/{conversation_id} already exists",
@@ -286,27 +309,13 @@ class PostgresStore(AccountsMixin, WorkspaceMixin):
     ) -> tuple[Conversation, bool]:
         """Returns (conversation, created). A known request_id returns the first result."""
         select = f"SELECT {CONV_COLS} FROM conversations c WHERE user_id = $1 AND request_id = $2"
-        now = now_us()
         try:
             async with self._tx() as db:
                 if request_id:
                     row = await db.fetchrow(select, user_id, request_id)
                     if row is not None:
                         return _conversation(row), False
-                row = await db.fetchrow(
-                    "INSERT INTO conversations AS c (id, user_id, title, metadata, space_id,"
-                    " pinned, archived, create_time, update_time, request_id)"
-                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) RETURNING {CONV_COLS}",
-                    conv.id,
-                    user_id,
-                    conv.title,
-                    dict(conv.metadata),
-                    conv.space_id,
-                    conv.pinned,
-                    conv.archived,
-                    now,
-                    request_id,
-                )
+                row = await _insert_conversation(db, user_id, conv, request_id)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "conversations_by_request":
                 # Another replica stored the same request first: that is the result.
@@ -325,23 +334,9 @@ class PostgresStore(AccountsMixin, WorkspaceMixin):
         """`create_conversation` then `append_messages`, in one transaction: a new chat
         turn stores its thread and user message before the upstream call. The new row
         is not visible to anyone else before the commit, so no lock is needed."""
-        now = now_us()
         try:
             async with self._tx() as db:
-                row = await db.fetchrow(
-                    "INSERT INTO conversations AS c (id, user_id, title, metadata, space_id,"
-                    " pinned, archived, create_time, update_time)"
-                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {CONV_COLS}",
-                    conv.id,
-                    user_id,
-                    conv.title,
-                    dict(conv.metadata),
-                    conv.space_id,
-                    conv.pinned,
-                    conv.archived,
-                    now,
-                )
-                assert row is not None
+                row = await _insert_conversation(db, user_id, conv, None)
                 if not messages:
                     return _conversation(row), []
                 stored, row = await _insert_messages(db, row[0], conv.id, messages, None)

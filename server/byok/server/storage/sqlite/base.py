@@ -41,24 +41,48 @@ class SqliteBase:
     # open pins the connection's snapshot, so overlapping statements could keep seeing
     # the database as it was before a write that was already acknowledged.
     async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Runs `fn` in a single job on the reader's thread, its statements closed inside.
-
-        Through aiosqlite's statement API a read pays a thread hop (queue, wake-up, loop
-        callback) for the execute, the fetch and the cursor close; one job pays one. Each
-        hop is also a chance to wait for the scheduler on a busy machine. aiosqlite has
-        no public "run this on the connection's thread"; `_execute` is what its own
-        methods use (aiosqlite is pinned).
-        """
-        reader = self._reader
-        run = cast(Callable[[Callable[[], _T]], Awaitable[_T]], reader._execute)
+        """Runs `fn` in a single job on the reader's thread, its statements closed inside."""
         async with self._read_lock:
-            return await run(functools.partial(fn, reader._conn))
+            return await _on_thread(self._reader, fn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Runs `fn` as one write transaction in a single job on the writer's thread.
+
+        The job is not interrupted by a cancelled caller: it commits or rolls back on its
+        own, and the next job waits behind it on the same thread.
+        """
+
+        def transaction(db: sqlite3.Connection) -> _T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        async with self._write_lock:
+            return await _on_thread(self._writer, transaction)
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return await self._read(lambda db: fetch_one(db, sql, params))
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return await self._read(lambda db: fetch_all(db, sql, params))
+
+
+async def _on_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    """Runs `fn(connection)` as one job on the connection's own thread.
+
+    Through aiosqlite's statement API every execute, fetch, cursor close, BEGIN and
+    COMMIT is a thread hop (queue, wake-up, loop callback; ~8 for one append, ~1 ms of a
+    chat turn), and each hop is a chance to wait for the scheduler on a busy machine.
+    aiosqlite has no public "run this on the connection's thread"; `_execute` is what its
+    own methods use (aiosqlite is pinned).
+    """
+    run = cast(Callable[[Callable[[], _T]], Awaitable[_T]], conn._execute)
+    return await run(functools.partial(fn, conn._conn))
 
 
 def fetch_one(db: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:

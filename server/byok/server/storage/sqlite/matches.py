@@ -71,23 +71,20 @@ class Phrase:
         """The phrase alone, as an FTS5 query (its tokens are plain words)."""
         return '"' + " ".join(self.tokens) + '"' + ("*" if self.prefix else "")
 
-    def pattern(self) -> re.Pattern[str]:
-        """Finds the phrase in folded text, token boundaries included.
-
-        The first token comes first, so the regex engine can scan for it as a literal;
-        the boundary before it is a lookbehind of its fixed length (8x faster than a
-        leading `\\b` here).
-        """
-        first, *rest = self.tokens
-        head = re.escape(first) + rf"(?<!{_LETTER}[\s\S]{{{len(first)}}})"
-        tail = _LETTER + "*" if self.prefix else f"(?!{_LETTER})"
-        gap = r"(?:[\W_])+"
-        return re.compile(gap.join([head, *(re.escape(t) for t in rest)]) + tail)
-
 
 @functools.lru_cache(maxsize=256)
 def pattern_of(phrase: Phrase) -> re.Pattern[str]:
-    return phrase.pattern()
+    """Finds the phrase in folded text, token boundaries included.
+
+    The first token comes first, so the regex engine can scan for it as a literal; the
+    boundary before it is a lookbehind of its fixed length (8x faster than a leading
+    `\\b` here).
+    """
+    first, *rest = phrase.tokens
+    head = re.escape(first) + rf"(?<!{_LETTER}[\s\S]{{{len(first)}}})"
+    tail = _LETTER + "*" if phrase.prefix else f"(?!{_LETTER})"
+    gap = r"(?:[\W_])+"
+    return re.compile(gap.join([head, *(re.escape(t) for t in rest)]) + tail)
 
 
 def fold(text: str) -> str:
@@ -323,8 +320,7 @@ def _best_window(
     best_score, best_start = 0, 0
     for begin, _, _ in found:
         score, first, last = _window_score(found, begin, size)
-        adjusted = first - int((size - (last - first)) / 2)  # C division
-        adjusted = max(0, min(adjusted, count - size) if adjusted + size > count else adjusted)
+        adjusted = max(0, min(first - int((size - (last - first)) / 2), count - size))
         if score > best_score:
             best_score, best_start = score, adjusted
         opening = _sentence_start(text, spans, begin) if count > size else begin

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import aiosqlite
 
@@ -51,7 +51,6 @@ MSG_COLS = (
     " m.prompt_tokens, m.completion_tokens, m.latency_us, m.ttft_us, m.finish_reason,"
     " m.metadata, m.create_time, m.update_time, m.revision"
 )
-_T = TypeVar("_T")
 # Filter fields → columns. Nothing outside these maps ever reaches SQL text.
 CONVERSATION_COLUMNS = {
     "space": "c.space_id",
@@ -168,10 +167,9 @@ def _insert_messages(
     conversation_id: str,
     messages: Sequence[Message],
     request_id: str | None,
-) -> tuple[list[Message], tuple[int, int, str | None, int]]:
+) -> list[Message]:
     """Inserts messages and bumps the thread's counters (on the writer's thread, inside
-    a transaction). Returns the stored messages and (prompt, completion, last_model,
-    now) as added to the thread."""
+    a transaction). Returns the stored messages."""
     now = now_us()
     last_model = None
     prompt = completion = 0
@@ -238,7 +236,7 @@ def _insert_messages(
         " WHERE seq = ?",
         (len(messages), prompt, completion, last_model, now, conv_seq),
     )
-    return stored, (prompt, completion, last_model, now)
+    return stored
 
 
 async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
@@ -303,33 +301,6 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
 
     # -- conversations ----------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Runs `fn` as one write transaction in a single job on the writer's thread.
-
-        A transaction through aiosqlite's statement API pays a thread hop (queue, wake-up,
-        loop callback) for BEGIN, each statement, each fetch, each cursor close and COMMIT:
-        ~8 hops for one append, ~1 ms of a chat turn. aiosqlite has no public call for
-        "run this function on the connection's thread"; `_execute` is what its own
-        methods use. The job is not interrupted by a cancelled caller: it commits or
-        rolls back on its own, and the next job waits behind it on the same thread.
-        """
-        writer = self._writer
-
-        def transaction() -> _T:
-            db = writer._conn
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-        run = cast(Callable[[Callable[[], _T]], Awaitable[_T]], writer._execute)
-        async with self._write_lock:
-            return await run(transaction)
-
     async def create_conversation(
         self, user_id: str, conv: Conversation, *, request_id: str | None = None
     ) -> tuple[Conversation, bool]:
@@ -357,13 +328,11 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
             created = _insert_conversation(db, user_id, conv, None)
             if not messages:
                 return created, []
-            stored, counters = _insert_messages(db, created.seq, conv.id, messages, None)
-            created.message_count = len(stored)
-            created.usage = Usage(counters[0], counters[1])
-            created.last_model = counters[2] or created.last_model
-            created.update_time_us = counters[3]
-            created.revision += 1
-            return created, stored
+            stored = _insert_messages(db, created.seq, conv.id, messages, None)
+            row = db.execute(
+                f"SELECT {CONV_COLS} FROM conversations c WHERE seq = ?", (created.seq,)
+            ).fetchone()
+            return _conversation(row), stored
 
         return await self._write(create)
 
@@ -510,7 +479,7 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
                 ).fetchone()
                 if existing is not None:
                     return [_message(existing)]
-            return _insert_messages(db, conv_seq, conversation_id, messages, request_id)[0]
+            return _insert_messages(db, conv_seq, conversation_id, messages, request_id)
 
         return await self._write(append)
 
