@@ -596,6 +596,27 @@ async def test_list_messages_paging(store: FullStore) -> None:
     assert await store.list_messages(USER, empty.id, descending=True, limit=3, after_seq=None) == []
 
 
+async def test_get_thread_is_the_thread_and_its_newest_messages(store: FullStore) -> None:
+    conv = await thread(store, "t", *(f"m{i}" for i in range(5)))
+    found = await store.get_thread(USER, conv.id, history_limit=3)
+    assert found is not None
+    got, history = found
+    assert got == await store.get_conversation(USER, conv.id) and got.message_count == 5
+    assert [m.content for m in history] == ["m2", "m3", "m4"]  # newest 3, oldest first
+    page = await store.list_messages(USER, conv.id, descending=False, limit=10, after_seq=None)
+    assert page is not None and history == page[2:]
+
+    found = await store.get_thread(USER, conv.id, history_limit=10)
+    assert found is not None and found[1] == page  # fewer than the limit: all of them
+
+    empty = await thread(store, "e")
+    found = await store.get_thread(USER, empty.id, history_limit=10)
+    assert found == (await store.get_conversation(USER, empty.id), [])
+
+    assert await store.get_thread(USER, "nope", history_limit=10) is None
+    assert await store.get_thread(OTHER, conv.id, history_limit=10) is None
+
+
 async def test_update_and_delete_message_keep_counters(store: FullStore) -> None:
     conv = await thread(store)
     question = await say(store, conv, "hello", usage=Usage(5, 0))

@@ -188,9 +188,12 @@ class ChatEngine:
         check_title(turn.title)
         check_params(turn.params)
         existing = None
+        history: list[Message] = []
         space_id = space_id_of(turn.space)
         if turn.conversation:
-            existing = await self.conversations.get(turn.user_id, turn.conversation, full=False)
+            existing, history = await self.conversations.thread(
+                turn.user_id, turn.conversation, history_limit=HISTORY_LIMIT
+            )
             space_id = existing.space_id
         route, gen = await self._route(turn, space_id)
         provider = self.providers[route.provider]
@@ -199,7 +202,6 @@ class ChatEngine:
             raise_if_refused(await self.limiter.check_tokens(turn.user_id), "tokens")
 
         created = existing is None
-        history: list[Message] = []
         # Stored before the upstream is called: an acknowledged message is never lost.
         if existing is None:
             conv, user_message = await self.conversations.start(
@@ -210,7 +212,6 @@ class ChatEngine:
             )
         else:
             conv = existing
-            history = await self._history(turn.user_id, conv)
             user_message = await self.conversations.append(
                 turn.user_id,
                 conv.name,
@@ -359,12 +360,6 @@ class ChatEngine:
             return self.history_token_budget
         room = limit - (params.max_tokens or 512) - 128
         return max(64, min(self.history_token_budget, room))
-
-    async def _history(self, user_id: str, conv: Conversation) -> list[Message]:
-        page = await self.conversations.store.list_messages(
-            user_id, conv.id, descending=True, limit=HISTORY_LIMIT, after_seq=None
-        )
-        return list(reversed(page or []))
 
     async def _store_reply(
         self,

@@ -220,6 +220,18 @@ class Conversations:
             raise NotFound.resource(name)
         return conv
 
+    async def thread(
+        self, user_id: str, name: str, *, history_limit: int
+    ) -> tuple[Conversation, list[Message]]:
+        """The thread and its newest `history_limit` messages, oldest first, in one store
+        call: what a follow-up chat turn reads before it stores the user message."""
+        found = await self.store.get_thread(
+            user_id, self.conversation_id(name), history_limit=history_limit
+        )
+        if found is None:
+            raise NotFound.resource(name)
+        return found
+
     async def list_conversations(
         self,
         user_id: str,

@@ -79,6 +79,16 @@ class Store(Protocol):
         message_limit: int = 10_000,
     ) -> Conversation | None: ...
 
+    async def get_thread(
+        self, user_id: str, conversation_id: str, *, history_limit: int
+    ) -> tuple[Conversation, list[Message]] | None:
+        """The thread and its newest `history_limit` messages (oldest first, as
+        `list_messages` returns them), read in one round trip from one snapshot: a
+        follow-up chat turn needs both before it stores the user message, and the
+        history must be the thread the conversation row describes. None if there is no
+        such thread for this user."""
+        ...
+
     async def list_conversations(
         self,
         user_id: str,

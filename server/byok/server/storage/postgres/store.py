@@ -60,6 +60,7 @@ MSG_COLS = (
     " m.prompt_tokens, m.completion_tokens, m.latency_us, m.ttft_us, m.finish_reason,"
     " m.metadata, m.create_time, m.update_time, m.revision"
 )
+_MSG_WIDTH = len(MSG_COLS.split(","))
 MSG_INSERT_COLS = (
     "id, conversation_seq, role, content, status, incomplete_reason, model, route,"
     " prompt_tokens, completion_tokens, latency_us, ttft_us, finish_reason, metadata,"
@@ -109,7 +110,7 @@ def _where(conditions: Sequence[Condition], columns: Mapping[str, str], args: _A
     return "".join(parts)
 
 
-def _conversation(row: asyncpg.Record) -> Conversation:
+def _conversation(row: asyncpg.Record | tuple[Any, ...]) -> Conversation:
     return Conversation(
         seq=row[0],
         id=row[1],
@@ -378,6 +379,25 @@ class PostgresStore(AccountsMixin, WorkspaceMixin):
             )
         conv.messages = [_message(r) for r in rows]
         return conv
+
+    async def get_thread(
+        self, user_id: str, conversation_id: str, *, history_limit: int
+    ) -> tuple[Conversation, list[Message]] | None:
+        """One statement, so one round trip and one snapshot: each of the newest messages
+        beside the thread's columns, or the thread alone (NULL message) when it has none."""
+        rows = await self._pool.fetch(
+            f"SELECT {MSG_COLS}, {CONV_COLS} FROM conversations c"
+            " LEFT JOIN LATERAL (SELECT * FROM messages m WHERE m.conversation_seq = c.seq"
+            " ORDER BY m.seq DESC LIMIT $3) m ON TRUE"
+            " WHERE c.id = $1 AND c.user_id = $2 ORDER BY m.seq",
+            conversation_id,
+            user_id,
+            history_limit,
+        )
+        if not rows:
+            return None
+        messages = [_message(r) for r in rows if r[0] is not None]
+        return _conversation(rows[0][_MSG_WIDTH:]), messages
 
     async def list_conversations(
         self,

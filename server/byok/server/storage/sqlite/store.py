@@ -63,6 +63,7 @@ CONVERSATION_COLUMNS = {
 SEARCH_COLUMNS = {"role": "m.role", "space": "c.space_id", "create_time": "m.create_time"}
 _OPS = {"=", "!=", "<", "<=", ">", ">="}
 READER_CACHE_KIB = 64 * 1024
+_CONVERSATION = f"SELECT {CONV_COLS} FROM conversations c WHERE c.id = ? AND c.user_id = ?"
 _INSERT_CHUNK = 500  # rows per INSERT (17 parameters each, well under SQLite's limit)
 
 
@@ -75,6 +76,14 @@ def _where(conditions: Sequence[Condition], columns: Mapping[str, str]) -> tuple
         parts.append(f"{columns[cond.field]} {cond.op} ?")
         params.append(int(cond.value) if isinstance(cond.value, bool) else cond.value)
     return "".join(f" AND {p}" for p in parts), params
+
+
+def _messages_page(cursor: str, direction: str) -> str:
+    """A thread's messages by seq; binds the thread's seq, then the cursor's, then LIMIT."""
+    return (
+        f"SELECT {MSG_COLS} FROM messages m JOIN conversations c ON c.seq = m.conversation_seq"
+        f" WHERE m.conversation_seq = ?{cursor} ORDER BY m.seq {direction} LIMIT ?"
+    )
 
 
 def _conversation(row: Sequence[Any]) -> Conversation:
@@ -344,22 +353,37 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
         with_messages: bool = False,
         message_limit: int = 10_000,
     ) -> Conversation | None:
-        row = await self._one(
-            f"SELECT {CONV_COLS} FROM conversations c WHERE c.id = ? AND c.user_id = ?",
-            (conversation_id, user_id),
-        )
+        row = await self._one(_CONVERSATION, (conversation_id, user_id))
         if row is None:
             return None
         conv = _conversation(row)
         if with_messages:
-            rows = await self._all(
-                f"SELECT {MSG_COLS} FROM messages m"
-                " JOIN conversations c ON c.seq = m.conversation_seq"
-                " WHERE m.conversation_seq = ? ORDER BY m.seq LIMIT ?",
-                (conv.seq, message_limit),
-            )
+            rows = await self._all(_messages_page("", "ASC"), (conv.seq, message_limit))
             conv.messages = [_message(r) for r in rows]
         return conv
+
+    async def get_thread(
+        self, user_id: str, conversation_id: str, *, history_limit: int
+    ) -> tuple[Conversation, list[Message]] | None:
+        """One job on the reader's thread, both reads in one read transaction: in WAL
+        mode its first SELECT fixes the snapshot the second one sees too, so the
+        counters of the thread match the history returned."""
+
+        def read(db: sqlite3.Connection) -> tuple[Any, list[Any]] | None:
+            db.execute("BEGIN")
+            try:
+                row = fetch_one(db, _CONVERSATION, (conversation_id, user_id))
+                if row is None:
+                    return None
+                return row, fetch_all(db, _messages_page("", "DESC"), (row[0], history_limit))
+            finally:
+                db.execute("COMMIT")  # a read: nothing to write, the snapshot is released
+
+        found = await self._read(read)
+        if found is None:
+            return None
+        row, rows = found
+        return _conversation(row), [_message(r) for r in reversed(rows)]
 
     async def list_conversations(
         self,
@@ -511,11 +535,7 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
         direction, compare = ("DESC", "<") if descending else ("ASC", ">")
         cursor = f" AND m.seq {compare} ?" if after_seq is not None else ""
         params: list[Any] = [row[0]] + ([after_seq] if after_seq is not None else [])
-        rows = await self._all(
-            f"SELECT {MSG_COLS} FROM messages m JOIN conversations c ON c.seq = m.conversation_seq"
-            f" WHERE m.conversation_seq = ?{cursor} ORDER BY m.seq {direction} LIMIT ?",
-            (*params, limit),
-        )
+        rows = await self._all(_messages_page(cursor, direction), (*params, limit))
         return [_message(r) for r in rows]
 
     async def update_message(
