@@ -5,9 +5,11 @@ response starts, i.e. before the first token) and maps HTTP statuses to its erro
 The event stream itself is read here, straight from the HTTP response with a lean SSE
 parser, so each chunk's text is handed on the moment its bytes arrive.
 
-All per-key SDK clients of one provider share one `httpx.AsyncClient` (one connection
-pool, one set of timeouts); the SDK accepts an `httpx` client as well as its own
-`httpx2` one, so errors raised while reading the body are `httpx` errors.
+All per-key SDK clients of one provider share one HTTP client (one connection pool, one
+set of timeouts): the SDK's `DefaultAioHttpClient`, its `httpx2` client on an aiohttp
+transport. aiohttp parses HTTP in C; on this path it costs a third of the CPU of the
+pure-Python httpx/httpcore stack per streamed turn (docs/performance.md), which is most
+of what a turn costs byok. Errors raised while reading the body are `httpx2` errors.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
-import httpx
+import aiohttp
+import httpx2
 import openai
 
 from byok.server.errors import (
@@ -91,9 +94,9 @@ class OpenAICompatProvider:
         self._api_key = api_key or None
         self._timeouts = timeouts or Timeouts()
         t = self._timeouts
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.connect),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        self._http = openai.DefaultAioHttpClient(
+            timeout=httpx2.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.connect),
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
             follow_redirects=True,
         )
         self._sdk_timeout = openai.Timeout(
@@ -119,8 +122,7 @@ class OpenAICompatProvider:
             base_url=self.base_url,
             timeout=self._sdk_timeout,
             max_retries=self._timeouts.max_retries,
-            # The SDK takes an httpx client too; its annotation names only httpx2's.
-            http_client=cast(Any, self._http),
+            http_client=self._http,
         )
         self._clients[cache_key] = client
         if len(self._clients) > MAX_CACHED_CLIENTS:
@@ -173,7 +175,7 @@ class OpenAICompatProvider:
                     # the body is our plain JSON and the stream is parsed below.
                     response = await client.post(
                         "/chat/completions",
-                        cast_to=httpx.Response,
+                        cast_to=httpx2.Response,
                         body=request,
                         options=_WITH_KEY if key else _WITHOUT_KEY,
                         stream=True,
@@ -244,25 +246,24 @@ class OpenAICompatProvider:
             ) from None
         except openai.APIStatusError as exc:
             raise self._status_error(exc, model, secrets) from None
-        except openai.APITimeoutError:
-            self._timed_out(before_response=True)
-        except openai.APIConnectionError as exc:
+        except openai.APIConnectionError as exc:  # APITimeoutError included
+            if isinstance(exc, openai.APITimeoutError) and _timed_out(exc.__cause__):
+                self._timed_out(before_response=True)
             cause = exc.__cause__
-            detail = f": {type(cause).__name__}" if cause else ""
+            detail = f": {_error_name(cause)}" if cause else ""
             raise Unavailable(
                 f"provider '{self.name}' could not be reached{detail}",
                 reason="UPSTREAM_UNAVAILABLE",
                 metadata={"provider": self.name},
                 retry_after=DEFAULT_RETRY_AFTER,
             ) from None
-        except httpx.TimeoutException:
-            if finish_reason is None:
-                self._timed_out(before_response=False)
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:  # TimeoutException included
             if finish_reason is None:  # a finished answer survives a lost [DONE]
+                if _timed_out(exc):
+                    self._timed_out(before_response=False)
                 raise Unavailable(
                     f"provider '{self.name}' broke off the stream after {deltas} text chunks "
-                    f"({type(exc).__name__})",
+                    f"({_error_name(exc)})",
                     reason="UPSTREAM_UNAVAILABLE",
                     metadata={"provider": self.name, "deltas": str(deltas)},
                     retry_after=DEFAULT_RETRY_AFTER,
@@ -388,6 +389,24 @@ async def _drain(body: AsyncIterator[bytes]) -> None:
                 seen += len(piece)
                 if seen > DRAIN_BYTES:
                     break
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    """Whether an HTTP error is a timeout. The aiohttp transport maps every
+    `aiohttp.ClientConnectionError` (a server hanging up mid-stream included) to httpx2's
+    `ConnectTimeout`; only a cause that is itself a timeout makes it one."""
+    if not isinstance(exc, httpx2.TimeoutException):
+        return False
+    cause = exc.__cause__
+    return not isinstance(cause, aiohttp.ClientConnectionError) or isinstance(cause, TimeoutError)
+
+
+def _error_name(exc: BaseException) -> str:
+    """The HTTP error's class for messages; for a hang-up the transport mapped to a
+    timeout, the transport's own error (ServerDisconnectedError, not ConnectTimeout)."""
+    if isinstance(exc, httpx2.TimeoutException) and exc.__cause__ and not _timed_out(exc):
+        return type(exc.__cause__).__name__
+    return type(exc).__name__
 
 
 def _int_or(value: object, default: int | None) -> int | None:
