@@ -317,6 +317,34 @@ async def test_unreachable_upstream_is_unavailable(make: Make) -> None:
     assert_no_key(err)
 
 
+async def test_upstream_hanging_up_before_answering_is_unavailable_not_a_timeout(
+    make: Make,
+) -> None:
+    """The HTTP transport reports a hang-up as a connect *timeout*; it must not read as one."""
+    accepted = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read(1024)  # the request's first bytes, then close without a word
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        started = time.monotonic()
+        _, err = await failure(make(base_url=f"http://127.0.0.1:{port}/v1"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(err, Unavailable), err
+    assert err.reason == "UPSTREAM_UNAVAILABLE"
+    assert "could not be reached" in err.message
+    assert "Timeout" not in err.message
+    assert accepted >= 1
+    assert time.monotonic() - started < 2  # answered at once, not after a timeout
+
+
 # -- broken streams ------------------------------------------------------------------
 
 
