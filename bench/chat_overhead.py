@@ -20,8 +20,10 @@ turns/s, and CPU seconds per turn of the byok server, the upstream and the clien
 (utime+stime from /proc/<pid>/stat; the client from time.process_time()).
 
 A last phase answers "lean SSE parser or the SDK's parsed stream?": client-side loops
-against the upstream with no delay, SDK parsed stream vs SDK raw response + the
-provider's lean parser vs httpx + lean parser, requests/s and client CPU per request.
+against the upstream with no delay: the SDK's parsed stream, the SDK's `post()` with the
+body read raw through the provider's lean parser on an httpx client and on the SDK's
+aiohttp transport (what byok uses), and plain httpx + the lean parser; requests/s and
+client CPU per request.
 
 `--profile FILE` adds a run of the concurrency-32 byok load against a second byok
 server running under cProfile and prints where its main thread's time goes.
@@ -148,7 +150,9 @@ def machine_cpu() -> dict[str, float]:
     }
 
 
-def machine_load(before: dict[str, float], after: dict[str, float], own_cpu: float) -> dict:
+def machine_load(
+    before: dict[str, float], after: dict[str, float], own_cpu: float
+) -> dict[str, Any]:
     """How busy the machine was between two machine_cpu() snapshots, in cores, and how
     much of that was the benchmark's own processes (own_cpu seconds) vs other work."""
     wall = max(after["time"] - before["time"], 1e-9)
@@ -170,7 +174,8 @@ def describe_load(m: dict[str, Any]) -> str:
     return (
         f"machine over {m['seconds']:.0f} s: {m['busy_cores']:.2f} of {m['cores']} cores busy "
         f"({m['own_cores']:.2f} this benchmark's processes, {m['other_cores']:.2f} other work), "
-        f"steal {m['steal_cores']:.2f}; load average {m['loadavg1_before']:.2f} before, "
+        f"steal {m['steal_cores']:.2f} cores ({100 * m['steal_cores'] / m['cores']:.0f}% of "
+        f"the vCPUs' time went to other guests); load average {m['loadavg1_before']:.2f} before, "
         f"{m['loadavg1_after']:.2f} after"
     )
 
@@ -512,7 +517,8 @@ class Clients:
     base_url: str
     grpc_target: str
     sdk: Any = None
-    sdk_httpx: Any = None  # the SDK on an httpx client, configured like byok's provider
+    sdk_httpx: Any = None  # the SDK on an httpx client, as byok's provider was
+    sdk_aiohttp: Any = None  # the SDK on its aiohttp transport, as byok's provider is
     http: Any = None
     channel: Any = None
     stub: Any = None
@@ -531,12 +537,19 @@ class Clients:
         self.sdk_httpx = openai.AsyncOpenAI(
             api_key=API_KEY, base_url=self.base_url, timeout=60, http_client=self.http
         )
+        self.sdk_aiohttp = openai.AsyncOpenAI(
+            api_key=API_KEY,
+            base_url=self.base_url,
+            timeout=60,
+            http_client=openai.DefaultAioHttpClient(timeout=60),
+        )
         self.channel = grpc.aio.insecure_channel(self.grpc_target)
         self.stub = chat_pb2_grpc.ChatServiceStub(self.channel)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.sdk.close()
+        await self.sdk_aiohttp.close()
         await self.http.aclose()
         await self.channel.close()
 
@@ -614,17 +627,41 @@ class Clients:
                 n += 1
         return n
 
-    async def loop_sdk_lean(self, content: str) -> int:
-        n = 0
-        async with self.sdk_httpx.chat.completions.with_streaming_response.create(
-            model=MODEL,
-            messages=self.messages(content),
+    async def _loop_sdk_lean(self, sdk: Any, response_type: Any, content: str) -> int:
+        """What byok's provider does: the SDK's `post()` for the request, the body read
+        raw through the lean parser."""
+        response = await sdk.post(
+            "/chat/completions",
+            cast_to=response_type,
+            body={
+                "model": MODEL,
+                "messages": self.messages(content),
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
             stream=True,
-            stream_options={"include_usage": True},
-        ) as response:
-            async for _text in lean_sse(response.http_response.aiter_bytes()):
+            stream_cls=None,
+        )
+        n = 0
+        try:
+            body = response.aiter_bytes()
+            async for _text in lean_sse(body):
                 n += 1
+            async for _rest in body:  # to the end, so the connection is reused
+                pass
+        finally:
+            await response.aclose()
         return n
+
+    async def loop_sdk_lean(self, content: str) -> int:
+        import httpx
+
+        return await self._loop_sdk_lean(self.sdk_httpx, httpx.Response, content)
+
+    async def loop_sdk_aiohttp_lean(self, content: str) -> int:
+        import httpx2
+
+        return await self._loop_sdk_lean(self.sdk_aiohttp, httpx2.Response, content)
 
     async def loop_httpx_lean(self, content: str) -> int:
         n = 0
@@ -669,6 +706,7 @@ class Level:
     cpu: dict[str, Cpu] = field(default_factory=lambda: {k: Cpu() for k in KINDS})
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     stopped_early: bool = False
+    load: dict[str, Any] = field(default_factory=dict)  # machine_load() over the measured turns
 
 
 class Meter:
@@ -747,6 +785,7 @@ async def measure_level(
             await run_block(clients, kind, block, concurrency, chunks, delay_ms)
     log(f"concurrency {concurrency}: {turns} turns of each kind, blocks of {block}")
     rounds = 0
+    machine_before = machine_cpu()
     while len(level.turns["byok"]) < turns:
         if time.monotonic() > deadline:
             level.stopped_early = True
@@ -763,6 +802,8 @@ async def measure_level(
         rounds += 1
         if concurrency > 1 or rounds % 50 == 0:
             log(f"  {len(level.turns['byok'])}/{turns}")
+    own = sum(c.server + c.upstream + c.client for c in level.cpu.values())
+    level.load = machine_load(machine_before, machine_cpu(), own)
     return level
 
 
@@ -780,7 +821,8 @@ async def measure_parsers(
 ) -> list[ParserResult]:
     loops = {
         "SDK parsed stream (create(stream=True))": clients.loop_sdk_parsed,
-        "SDK raw response + lean parser (byok)": clients.loop_sdk_lean,
+        "SDK post() on httpx + lean parser": clients.loop_sdk_lean,
+        "SDK post() on aiohttp + lean parser (byok)": clients.loop_sdk_aiohttp_lean,
         "httpx + lean parser (no SDK)": clients.loop_httpx_lean,
     }
     content = content_for(0, chunks, 0)
@@ -1087,7 +1129,11 @@ def ms(seconds: float) -> float:
 
 
 def summarize(level: Level, delay_ms: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"concurrency": level.concurrency, "stopped_early": level.stopped_early}
+    out: dict[str, Any] = {
+        "concurrency": level.concurrency,
+        "stopped_early": level.stopped_early,
+        "load": level.load,
+    }
     for kind in KINDS:
         turns = level.turns[kind]
         ttft = [ms(t.ttft) for t in turns]
@@ -1175,6 +1221,8 @@ def print_level(s: dict[str, Any]) -> None:
     if "paired_added_ttft_vs_sdk" in s:
         p = s["paired_added_ttft_vs_sdk"]
         print(f"paired added TTFT vs SDK: p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms")
+    if s["load"]:
+        print(describe_load(s["load"]))
     errors = {k: s[k]["errors"] for k in KINDS if s[k]["errors"]}
     if errors:
         print(f"errors: {errors}")
