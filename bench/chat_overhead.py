@@ -348,6 +348,47 @@ def serve_grpc_only(port: int) -> None:
     asyncio.run(run())
 
 
+def serve_grpc_bare(port: int) -> None:
+    """A bare grpc.aio server: no interceptor, no byok code; its StreamChat sleeps and
+    yields the same messages (started, deltas, usage, done) built in advance. Its CPU per
+    turn is grpc.aio's own floor for one streamed turn of this shape."""
+    import grpc
+
+    from byok.v1 import chat_pb2, chat_pb2_grpc, common_pb2
+
+    started = chat_pb2.StreamChatResponse(
+        sequence=1, started=chat_pb2.ChatStarted(conversation="conversations/bare")
+    )
+    done = chat_pb2.StreamChatResponse(done=chat_pb2.ChatDone(message="bare", finish_reason="stop"))
+    usage = chat_pb2.StreamChatResponse(usage=common_pb2.TokenUsage(prompt_tokens=12))
+
+    class Bare(chat_pb2_grpc.ChatServiceServicer):
+        async def StreamChat(
+            self, request: chat_pb2.ChatRequest, context: object
+        ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+            spec = _SPEC.search(request.content)
+            n, delay = (int(spec.group(1)), float(spec.group(2))) if spec else (20, 5.0)
+            yield started
+            for i in range(n):
+                if delay:
+                    await asyncio.sleep(delay / 1000)
+                yield chat_pb2.StreamChatResponse(delta=chat_pb2.ChatDelta(text=f" tok{i}"))
+            yield usage
+            yield done
+
+    async def run() -> None:
+        server = grpc.aio.server()
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(Bare(), server)  # type: ignore[abstract]
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(1.0)
+
+    asyncio.run(run())
+
+
 def wait_port(child: Child, port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -957,7 +998,8 @@ async def profile_run(
 async def grpc_only(
     work: Path, base_url: str, turns: int, concurrency: int, chunks: int, delay_ms: float
 ) -> dict[str, dict[str, float]]:
-    """gRPC + servicer + protobuf alone (fake engine): CPU per turn, and TTFT at c=1."""
+    """gRPC + servicer + protobuf alone (fake engine): CPU per turn, and TTFT at c=1; then
+    a bare grpc.aio server (grpc's own floor) and the Python client's CPU per turn."""
     port = free_port()
     argv = [sys.executable, str(SELF), "--serve-grpc-only", str(port)]
     child = start_child("grpc-only", argv, clean_env(), work)
@@ -981,6 +1023,29 @@ async def grpc_only(
             wall = time.perf_counter() - w0
             result["gRPC server + ChatServicer + protobuf alone (fake engine)"] = {
                 "cpu_ms_per_turn": ms(child.cpu() - c0) / max(len(done), 1),
+                "turns_per_s": len(done) / wall,
+                "upstream_cpu_ms_per_turn": 0.0,
+            }
+    finally:
+        child.stop()
+    port = free_port()
+    argv = [sys.executable, str(SELF), "--serve-grpc-bare", str(port)]
+    child = start_child("grpc-bare", argv, clean_env(), work)
+    try:
+        await asyncio.to_thread(wait_port, child, port)
+        async with Clients(base_url, f"127.0.0.1:{port}") as clients:
+            await run_block(clients, "byok", concurrency * 2, concurrency, chunks, delay_ms)
+            c0, p0, w0 = child.cpu(), time.process_time(), time.perf_counter()
+            done, _ = await run_block(clients, "byok", turns, concurrency, chunks, delay_ms)
+            wall = time.perf_counter() - w0
+            n = max(len(done), 1)
+            result["bare grpc.aio server (no byok code; prebuilt messages, same shape)"] = {
+                "cpu_ms_per_turn": ms(child.cpu() - c0) / n,
+                "turns_per_s": len(done) / wall,
+                "upstream_cpu_ms_per_turn": 0.0,
+            }
+            result["the Python gRPC client of those turns (this process)"] = {
+                "cpu_ms_per_turn": ms(time.process_time() - p0) / n,
                 "turns_per_s": len(done) / wall,
                 "upstream_cpu_ms_per_turn": 0.0,
             }
@@ -1728,12 +1793,16 @@ def main() -> None:
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-byok-profiled", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-grpc-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-grpc-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         serve_upstream(args.serve_upstream, args.chunks, args.delay_ms)
         return
     if args.serve_grpc_only:
         serve_grpc_only(args.serve_grpc_only)
+        return
+    if args.serve_grpc_bare:
+        serve_grpc_bare(args.serve_grpc_bare)
         return
     if args.serve_byok_profiled:
         serve_byok_profiled(args.serve_byok_profiled)
