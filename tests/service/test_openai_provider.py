@@ -345,6 +345,34 @@ async def test_upstream_hanging_up_before_answering_is_unavailable_not_a_timeout
     assert time.monotonic() - started < 2  # answered at once, not after a timeout
 
 
+async def test_upstream_not_reading_the_request_hits_the_write_timeout(make: Make) -> None:
+    """aiohttp has no write timeout of its own; WRITE_TIMEOUT_SECONDS must still apply."""
+
+    connections: list[asyncio.StreamWriter] = []
+
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # kept open, never read, closed at the end
+
+    server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = make(
+        base_url=f"http://127.0.0.1:{port}/v1",
+        timeouts=Timeouts(connect=0.3, read=30, write=0.3, total=30, max_retries=0),
+    )
+    big = [ChatMessage("user", "x" * 32_000_000)]  # more than the kernel buffers take
+    try:
+        started = time.monotonic()
+        _, err = await failure(provider, big)
+    finally:
+        server.close()
+        for writer in connections:
+            writer.close()
+    assert isinstance(err, DeadlineExceeded), err
+    assert err.reason == "UPSTREAM_TIMEOUT"
+    assert "WRITE_TIMEOUT_SECONDS" in err.message
+    assert time.monotonic() - started < 10  # not the read or total timeout (30 s)
+
+
 # -- broken streams ------------------------------------------------------------------
 
 

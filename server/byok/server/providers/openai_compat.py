@@ -6,10 +6,9 @@ The event stream itself is read here, straight from the HTTP response with a lea
 parser, so each chunk's text is handed on the moment its bytes arrive.
 
 All per-key SDK clients of one provider share one HTTP client (one connection pool, one
-set of timeouts): the SDK's `DefaultAioHttpClient`, its `httpx2` client on an aiohttp
-transport. aiohttp parses HTTP in C; on this path it costs a third of the CPU of the
-pure-Python httpx/httpcore stack per streamed turn (docs/performance.md), which is most
-of what a turn costs byok. Errors raised while reading the body are `httpx2` errors.
+set of timeouts): `providers/http.py`, the SDK's httpx2 API on an aiohttp transport
+(docs/adr/0006-upstream-http-on-aiohttp.md). Errors raised while reading the body are
+`httpx2` errors.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
-import aiohttp
 import httpx2
 import openai
 
@@ -42,6 +40,7 @@ from byok.server.providers.base import (
     TextDelta,
     Timeouts,
 )
+from byok.server.providers.http import UpstreamHttpClient
 
 # Per-key SDK clients kept; they only wrap the shared HTTP client, so dropping one is free.
 MAX_CACHED_CLIENTS = 256
@@ -94,7 +93,7 @@ class OpenAICompatProvider:
         self._api_key = api_key or None
         self._timeouts = timeouts or Timeouts()
         t = self._timeouts
-        self._http = openai.DefaultAioHttpClient(
+        self._http = UpstreamHttpClient(
             timeout=httpx2.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.connect),
             limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
             follow_redirects=True,
@@ -246,24 +245,25 @@ class OpenAICompatProvider:
             ) from None
         except openai.APIStatusError as exc:
             raise self._status_error(exc, model, secrets) from None
-        except openai.APIConnectionError as exc:  # APITimeoutError included
-            if isinstance(exc, openai.APITimeoutError) and _timed_out(exc.__cause__):
-                self._timed_out(before_response=True)
+        except openai.APITimeoutError as exc:
+            self._timed_out(before_response=True, cause=exc.__cause__)
+        except openai.APIConnectionError as exc:
             cause = exc.__cause__
-            detail = f": {_error_name(cause)}" if cause else ""
+            detail = f": {type(cause).__name__}" if cause else ""
             raise Unavailable(
                 f"provider '{self.name}' could not be reached{detail}",
                 reason="UPSTREAM_UNAVAILABLE",
                 metadata={"provider": self.name},
                 retry_after=DEFAULT_RETRY_AFTER,
             ) from None
-        except httpx2.TransportError as exc:  # TimeoutException included
+        except httpx2.TimeoutException:
+            if finish_reason is None:
+                self._timed_out(before_response=False)
+        except httpx2.TransportError as exc:
             if finish_reason is None:  # a finished answer survives a lost [DONE]
-                if _timed_out(exc):
-                    self._timed_out(before_response=False)
                 raise Unavailable(
                     f"provider '{self.name}' broke off the stream after {deltas} text chunks "
-                    f"({_error_name(exc)})",
+                    f"({type(exc).__name__})",
                     reason="UPSTREAM_UNAVAILABLE",
                     metadata={"provider": self.name, "deltas": str(deltas)},
                     retry_after=DEFAULT_RETRY_AFTER,
@@ -318,11 +318,18 @@ class OpenAICompatProvider:
             )
         return chunk
 
-    def _timed_out(self, *, before_response: bool) -> NoReturn:
-        where = "to answer" if before_response else "to send more of the stream"
+    def _timed_out(self, *, before_response: bool, cause: BaseException | None = None) -> NoReturn:
+        t = self._timeouts
+        if isinstance(cause, httpx2.ConnectTimeout):
+            seconds, what, setting = t.connect, "to accept a connection", "CONNECT_TIMEOUT_SECONDS"
+        elif isinstance(cause, httpx2.WriteTimeout):
+            seconds, what, setting = t.write, "to take the request", "WRITE_TIMEOUT_SECONDS"
+        elif before_response:
+            seconds, what, setting = t.read, "to answer", "READ_TIMEOUT_SECONDS"
+        else:
+            seconds, what, setting = t.read, "to send more of the stream", "READ_TIMEOUT_SECONDS"
         raise DeadlineExceeded(
-            f"provider '{self.name}' took longer than {self._timeouts.read:g}s {where} "
-            "(READ_TIMEOUT_SECONDS)",
+            f"provider '{self.name}' took longer than {seconds:g}s {what} ({setting})",
             reason="UPSTREAM_TIMEOUT",
             metadata={"provider": self.name},
         ) from None
@@ -389,24 +396,6 @@ async def _drain(body: AsyncIterator[bytes]) -> None:
                 seen += len(piece)
                 if seen > DRAIN_BYTES:
                     break
-
-
-def _timed_out(exc: BaseException | None) -> bool:
-    """Whether an HTTP error is a timeout. The aiohttp transport maps every
-    `aiohttp.ClientConnectionError` (a server hanging up mid-stream included) to httpx2's
-    `ConnectTimeout`; only a cause that is itself a timeout makes it one."""
-    if not isinstance(exc, httpx2.TimeoutException):
-        return False
-    cause = exc.__cause__
-    return not isinstance(cause, aiohttp.ClientConnectionError) or isinstance(cause, TimeoutError)
-
-
-def _error_name(exc: BaseException) -> str:
-    """The HTTP error's class for messages; for a hang-up the transport mapped to a
-    timeout, the transport's own error (ServerDisconnectedError, not ConnectTimeout)."""
-    if isinstance(exc, httpx2.TimeoutException) and exc.__cause__ and not _timed_out(exc):
-        return type(exc.__cause__).__name__
-    return type(exc).__name__
 
 
 def _int_or(value: object, default: int | None) -> int | None:
