@@ -19,6 +19,10 @@ stream), the gaps between deltas, byok's added time (byok minus direct, p50/p99)
 turns/s, and CPU seconds per turn of the byok server, the upstream and the client
 (utime+stime from /proc/<pid>/stat; the client from time.process_time()).
 
+A follow-up phase (`--follow-up-threads`, c=1) continues conversations: threads of 5
+turns, byok loading each thread and sending its stored history, the direct SDK call
+sending the same messages itself; it reports the added TTFT of turns 2-5.
+
 A last phase answers "lean SSE parser or the SDK's parsed stream?": client-side loops
 against the upstream with no delay: the SDK's parsed stream, the SDK's `post()` with the
 body read raw through the provider's lean parser on an httpx client and on the SDK's
@@ -511,6 +515,7 @@ class Turn:
     end: float
     text: str
     server_ttft: float | None = None  # byok's own TTFT (from its Done event), seconds
+    conversation: str = ""  # byok turns: the conversation the turn went to
 
     @property
     def ttft(self) -> float:
@@ -597,13 +602,13 @@ class Clients:
     def messages(self, content: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": content}]
 
-    async def turn_sdk(self, content: str) -> Turn:
+    async def turn_sdk(self, content: str, history: Sequence[dict[str, str]] = ()) -> Turn:
         deltas: list[float] = []
         parts: list[str] = []
         start = time.perf_counter()
         stream = await self.sdk.chat.completions.create(
             model=MODEL,
-            messages=self.messages(content),
+            messages=[*history, *self.messages(content)],
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -635,7 +640,7 @@ class Clients:
                 parts.append(text)
         return Turn("httpx", start, deltas, time.perf_counter(), "".join(parts))
 
-    async def turn_byok(self, content: str) -> Turn:
+    async def turn_byok(self, content: str, conversation: str = "") -> Turn:
         from byok.v1 import chat_pb2
 
         deltas: list[float] = []
@@ -643,15 +648,19 @@ class Clients:
         server_ttft = None
         start = time.perf_counter()
         call = self.stub.StreamChat(
-            chat_pb2.ChatRequest(content=content, model_key=ROUTE), timeout=60
+            chat_pb2.ChatRequest(content=content, model_key=ROUTE, conversation=conversation),
+            timeout=60,
         )
         async for event in call:
             if event.HasField("delta"):
                 deltas.append(time.perf_counter())
                 parts.append(event.delta.text)
+            elif event.HasField("started"):
+                conversation = event.started.conversation
             elif event.HasField("done"):
                 server_ttft = event.done.time_to_first_token.ToNanoseconds() / 1e9
-        return Turn("byok", start, deltas, time.perf_counter(), "".join(parts), server_ttft)
+        end = time.perf_counter()
+        return Turn("byok", start, deltas, end, "".join(parts), server_ttft, conversation)
 
     # the parser comparison: no timing per delta, only the loop
 
@@ -846,6 +855,64 @@ async def measure_level(
     own = sum(c.server + c.upstream + c.client for c in level.cpu.values())
     level.load = machine_load(machine_before, machine_cpu(), own)
     return level
+
+
+async def measure_follow_ups(
+    clients: Clients, threads: int, per_thread: int, chunks: int, delay_ms: float
+) -> dict[str, Any]:
+    """Follow-up turns at c=1: threads of `per_thread` turns. byok continues its
+    conversation (the server loads the thread and sends the stored history); the direct
+    SDK call sends the same messages itself. Turns alternate, the order flipping each
+    turn; the first turn of each thread (a new conversation) is left out of the figures."""
+    sdk: list[Turn] = []
+    byok: list[Turn] = []
+    for t in range(threads):
+        if out_of_time():
+            break
+        history: list[dict[str, str]] = []
+        conversation = ""
+        for j in range(per_thread):
+            content = content_for(t * per_thread + j, chunks, delay_ms)
+            if (t + j) % 2 == 0:
+                d = await clients.turn_sdk(content, history)
+                v = await clients.turn_byok(content, conversation)
+            else:
+                v = await clients.turn_byok(content, conversation)
+                d = await clients.turn_sdk(content, history)
+            if d.text != v.text:
+                raise RuntimeError("byok and the direct call got different replies")
+            conversation = v.conversation
+            history += [
+                {"role": "user", "content": content},
+                {"role": "assistant", "content": d.text},
+            ]
+            if j:
+                sdk.append(d)
+                byok.append(v)
+    ttft = {k: [ms(x.ttft) for x in turns] for k, turns in (("sdk", sdk), ("byok", byok))}
+    paired = [ms(v.ttft - d.ttft) for d, v in zip(sdk, byok, strict=True)]
+    return {
+        "turns": len(byok),
+        "per_thread": per_thread,
+        **{f"{k}_ttft_p50": pct(v, 50) for k, v in ttft.items()},
+        **{f"{k}_ttft_p99": pct(v, 99) for k, v in ttft.items()},
+        "added_ttft_p50": pct(ttft["byok"], 50) - pct(ttft["sdk"], 50),
+        "added_ttft_p99": pct(ttft["byok"], 99) - pct(ttft["sdk"], 99),
+        "paired_added_ttft_p50": pct(paired, 50),
+    }
+
+
+def print_follow_ups(r: dict[str, Any]) -> None:
+    print(
+        f"\n## follow-up turns, c=1 ({r['turns']} turns, threads of {r['per_thread']}; "
+        "the direct call sends the same history itself)"
+    )
+    print(
+        f"TTFT p50 / p99 (ms): openai SDK direct {r['sdk_ttft_p50']:.2f} / "
+        f"{r['sdk_ttft_p99']:.2f}, byok {r['byok_ttft_p50']:.2f} / {r['byok_ttft_p99']:.2f}; "
+        f"added {r['added_ttft_p50']:+.2f} / {r['added_ttft_p99']:+.2f} "
+        f"(paired p50 {r['paired_added_ttft_p50']:+.2f})"
+    )
 
 
 @dataclass
@@ -1645,6 +1712,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 summaries.append(s)
                 print_level(s)
             result["levels"] = summaries
+            if args.follow_up_threads and not out_of_time():
+                log(f"follow-up turns: {args.follow_up_threads} threads of 5 turns at c=1")
+                follow = await measure_follow_ups(
+                    clients, args.follow_up_threads, 5, args.chunks, args.delay_ms
+                )
+                result["follow_ups"] = follow
+                print_follow_ups(follow)
             if args.parser_requests:
                 log(f"parser comparison: {args.parser_requests} requests each, no delay")
                 parsers = await measure_parsers(
@@ -1767,6 +1841,12 @@ def main() -> None:
     )
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per reply")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="delay before each chunk")
+    parser.add_argument(
+        "--follow-up-threads",
+        type=int,
+        default=50,
+        help="threads of 5 turns continuing a conversation, at c=1 (0: skip)",
+    )
     parser.add_argument("--parser-requests", type=int, default=1500, help="0: skip")
     parser.add_argument("--parser-concurrency", type=int, default=4)
     parser.add_argument(
