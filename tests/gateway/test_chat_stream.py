@@ -60,7 +60,7 @@ async def test_stream_chat_as_ndjson_and_chat(
     chat: tuple[httpx.AsyncClient, ScriptedUpstream],
 ) -> None:
     http, upstream = chat
-    upstream.reply(["Hi", "!"])
+    upstream.reply(["Hi", "!"], delay=0.02)
     reply = await http.post("/api/chat/stream", json={"content": "hi"})
     assert reply.headers["content-type"] == "application/x-ndjson"
     lines = [json.loads(line)["result"] for line in reply.text.splitlines()]

@@ -65,7 +65,7 @@ async def test_stream_events_and_what_is_stored(
     stubs: tuple[ChatStub, ConvStub], upstream: ScriptedUpstream
 ) -> None:
     chat, convs = stubs
-    upstream.reply(["Hel", "lo", "!"], usage=(12, 3))
+    upstream.reply(["Hel", "lo", "!"], delay=0.02, usage=(12, 3))
     events = await events_of(chat, content="Say hello")
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds == ["started", "delta", "delta", "delta", "usage", "done"]
@@ -234,7 +234,7 @@ async def test_cut_mid_stream_stores_incomplete(
     stubs: tuple[ChatStub, ConvStub], upstream: ScriptedUpstream
 ) -> None:
     chat, convs = stubs
-    upstream.cut_after(2, ["one ", "two ", "three "])
+    upstream.cut_after(2, ["one ", "two ", "three "], delay=0.02)
     received: list[str] = []
     with rpc_error(CODE.UNAVAILABLE):
         async for event in chat.StreamChat(chat_pb2.ChatRequest(content="count")):
@@ -290,16 +290,19 @@ async def test_deltas_are_not_held_back(
     assert len(arrivals) == 4 and all(gap >= 0.15 for gap in gaps), gaps
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["chunk-by-chunk", "one-read"])
 async def test_upstream_ignoring_max_tokens_is_cut(
-    stubs: tuple[ChatStub, ConvStub], upstream: ScriptedUpstream
+    stubs: tuple[ChatStub, ConvStub], upstream: ScriptedUpstream, together: bool
 ) -> None:
+    """Cut at max_tokens + 16 tokens, also inside one delta that carries it all."""
     chat, _ = stubs
-    upstream.reply(["word "] * 500)
+    upstream.reply(["word "] * 500, together=together)
     reply = await chat.Chat(
         chat_pb2.ChatRequest(content="go", params=common_pb2.GenerationParams(max_tokens=5))
     )
     assert reply.reply.finish_reason == "length"
-    assert reply.reply.content.count("word") < 40
+    assert 5 <= reply.reply.content.count("word") <= 5 + 16
+    assert reply.reply.content.startswith("word word")
 
 
 async def test_history_is_trimmed_to_the_token_budget(

@@ -56,6 +56,7 @@ class _Reply:
     finish_reason: str = "stop"
     usage: tuple[int, int] | None = None
     cut_after: int | None = None  # content chunks sent before the connection is dropped
+    together: bool = False  # all content chunks in one write
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,12 @@ class ScriptedUpstream:
         delay: float = 0.0,
         finish_reason: str = "stop",
         usage: tuple[int, int] | None = None,
+        together: bool = False,
     ) -> None:
-        """Answers with these content chunks, `delay` seconds before each one."""
-        self._script.append(_Reply(tuple(chunks), delay, finish_reason, usage))
+        """Answers with these content chunks, `delay` seconds before each one; with
+        `together`, all of them in one write (as a fast upstream's chunks arrive at a
+        reader that is behind)."""
+        self._script.append(_Reply(tuple(chunks), delay, finish_reason, usage, together=together))
 
     def fail(
         self,
@@ -355,7 +359,11 @@ class _SSEStream(Response):
                 yield f"{line}\n\n".encode()
             return
         yield self._chunk({"role": "assistant", "content": ""}, None)
-        for index, text in enumerate(script.chunks):
+        if script.together:
+            if script.delay:
+                await asyncio.sleep(script.delay)
+            yield b"".join(self._chunk({"content": text}, None) for text in script.chunks)
+        for index, text in enumerate(() if script.together else script.chunks):
             if script.cut_after is not None and index >= script.cut_after:
                 return
             if script.delay:

@@ -5,6 +5,7 @@ from byok.server.chat.tokens import (
     count_messages,
     count_tokens,
     trim_history,
+    truncate_tokens,
 )
 from byok.server.providers.base import ChatMessage
 
@@ -25,6 +26,15 @@ def test_long_text_is_counted_in_pieces() -> None:
     unit = "lorem ipsum dolor sit amet "
     per_unit = (count_tokens(unit * 1000) - count_tokens(unit * 10)) / 990
     assert count_tokens(unit * 40_000) == count_tokens(unit * 10) + per_unit * 39_990
+
+
+def test_truncate_keeps_the_longest_prefix_within_the_limit() -> None:
+    text = "The quick brown fox jumps over the lazy dog."  # 10 tokens
+    assert truncate_tokens(text, 10) == text
+    assert truncate_tokens(text, 4) == "The quick brown fox"
+    assert count_tokens(truncate_tokens(text, 4)) == 4
+    assert truncate_tokens(text, 0) == ""
+    assert truncate_tokens("", 3) == ""
 
 
 def test_count_messages_adds_overhead_per_message() -> None:

@@ -42,6 +42,9 @@ from byok.server.ratelimit import RateLimiter, raise_if_refused
 from byok.server.storage.workspace import WorkspaceStore
 
 HISTORY_LIMIT = 10_000
+# Our count (o200k_base) is an estimate for other models' tokenizers: an upstream is cut
+# only once it is clearly past max_tokens, and then at exactly this many more tokens.
+MAX_TOKENS_SLACK = 16
 _ROLE_NAMES = {
     Role.SYSTEM: "system",
     Role.USER: "user",
@@ -279,14 +282,23 @@ class ChatEngine:
                             if first_token is None:
                                 first_token = time.perf_counter()
                                 measured.first_token()
-                            parts.append(event.text)
-                            yield Delta(event.text)
+                            text = event.text
                             if params.max_tokens is not None:
-                                # An upstream that ignores max_tokens is cut off here.
-                                completion_tokens += tokens.count_tokens(event.text)
-                                if completion_tokens >= params.max_tokens + 16:
+                                # An upstream that ignores max_tokens is cut off here,
+                                # inside a delta that carries several chunks if need be.
+                                limit = params.max_tokens + MAX_TOKENS_SLACK
+                                completion_tokens += tokens.count_tokens(text)
+                                if completion_tokens >= limit:
+                                    over = completion_tokens - limit
+                                    if over:
+                                        kept = tokens.count_tokens(text) - over
+                                        text = tokens.truncate_tokens(text, kept)
                                     end = StreamEnd("length")
-                                    break
+                            if text:
+                                parts.append(text)
+                                yield Delta(text)
+                            if end is not None:
+                                break
                         else:
                             end = event
                 measured.upstream_done()

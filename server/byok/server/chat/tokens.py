@@ -69,6 +69,26 @@ def count_tokens(text: str) -> int:
     return total
 
 
+def truncate_tokens(text: str, limit: int) -> str:
+    """The longest prefix of `text` that counts at most `limit` tokens.
+
+    Only an upstream that ignores `max_tokens` gets here, once a turn, so a bisection
+    over prefixes (a few dozen counts) is cheaper than keeping a decoder around.
+    """
+    if limit <= 0:
+        return ""
+    if count_tokens(text) <= limit:
+        return text
+    low, high = 0, len(text)  # count(text[:low]) <= limit < count(text[:high])
+    while high - low > 1:
+        middle = (low + high) // 2
+        if count_tokens(text[:middle]) <= limit:
+            low = middle
+        else:
+            high = middle
+    return text[:low]
+
+
 def count_message(message: ChatMessage) -> int:
     return count_tokens(message.content) + MESSAGE_OVERHEAD
 

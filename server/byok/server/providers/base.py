@@ -1,7 +1,9 @@
 """The provider protocol: messages and sampling parameters in, a stream of events out.
 
-A provider yields one `TextDelta` per upstream chunk that carries text, as soon as it
-arrives (never coalesced or held back), then exactly one `StreamEnd`. Failures are
+A provider yields a `TextDelta` as soon as text arrives, never held back for later
+input: the text chunks of one upstream read go out together as one delta (a slow
+consumer then gets fewer, larger messages), chunks that arrive apart go out apart.
+Then exactly one `StreamEnd`. Failures are
 raised as `byok.server.errors` domain errors. Implementations are async generators:
 callers that may stop early should consume the stream inside `contextlib.aclosing(...)`
 so the upstream request is closed at once, not when the generator is collected.

@@ -3,7 +3,8 @@
 The SDK builds the request, authenticates, retries with backoff (only before the
 response starts, i.e. before the first token) and maps HTTP statuses to its errors.
 The event stream itself is read here, straight from the HTTP response with a lean SSE
-parser, so each chunk's text is handed on the moment its bytes arrive.
+parser, so text is handed on the moment its bytes arrive: one delta per read that
+carries text, which is one per chunk unless several arrived together.
 
 All per-key SDK clients of one provider share one HTTP client (one connection pool, one
 set of timeouts): `providers/http.py`, the SDK's httpx2 API on an aiohttp transport
@@ -202,6 +203,11 @@ class OpenAICompatProvider:
                             eof = True
                             buffer += b"\n\n"  # dispatch an event left without its blank line
                     *lines, buffer = buffer.split(b"\n")
+                    # The chunks of one read go out as one delta: nothing is held back
+                    # for a later read, and a server that is behind forwards fewer,
+                    # larger messages instead of falling further behind.
+                    texts: list[str] = []
+                    failure: Unavailable | None = None
                     for raw in lines:
                         line = raw[:-1] if raw.endswith(b"\r") else raw
                         if line.startswith(b"data:"):
@@ -215,7 +221,11 @@ class OpenAICompatProvider:
                         if payload.strip() == b"[DONE]":
                             done = True
                             break
-                        chunk = self._decode(payload, secrets)
+                        try:
+                            chunk = self._decode(payload, secrets)
+                        except Unavailable as exc:
+                            failure = exc  # after the text that came before it
+                            break
                         choices = chunk.get("choices")
                         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
                             choice = choices[0]
@@ -224,7 +234,7 @@ class OpenAICompatProvider:
                                 text = delta.get("content")
                                 if text and isinstance(text, str):
                                     deltas += 1
-                                    yield TextDelta(text)
+                                    texts.append(text)
                             reason = choice.get("finish_reason")
                             if reason and isinstance(reason, str):
                                 finish_reason = reason
@@ -234,6 +244,10 @@ class OpenAICompatProvider:
                             completion_tokens = _int_or(
                                 usage.get("completion_tokens"), completion_tokens
                             )
+                    if texts:
+                        yield TextDelta(texts[0] if len(texts) == 1 else "".join(texts))
+                    if failure is not None:
+                        raise failure
                 if done and not eof:
                     await _drain(body)
         except TimeoutError:
