@@ -56,7 +56,7 @@ async def test_metrics_count_what_happened(srv: RunningServer, upstream: Scripte
         convs = conversations_pb2_grpc.ConversationServiceStub(ch)
         upstream.reply(["a", "b", "c"], usage=(10, 3))
         await chat.Chat(chat_pb2.ChatRequest(content="one"))
-        upstream.reply(["d", "e"], usage=(20, 2))
+        upstream.reply(["d", "e"], delay=0.02, usage=(20, 2))  # two reads, two deltas
         async for _ in chat.StreamChat(chat_pb2.ChatRequest(content="two")):
             pass
         with pytest.raises(grpc.aio.AioRpcError):
