@@ -246,9 +246,14 @@ def serve_upstream(port: int, chunks: int, delay_ms: float) -> None:
         )
         more = {"type": "http.response.body", "more_body": True}
         await send({**more, "body": event(choice({"role": "assistant", "content": ""}))})
+        # Chunk i is due `(i + 1) * delay` after the request arrived, as a model server
+        # emits tokens at its own pace: the upstream's own event-loop lag under load
+        # delays a chunk, but does not push every later chunk back by the same amount.
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         for i in range(n):
             if delay:
-                await asyncio.sleep(delay / 1000)
+                await asyncio.sleep(max(0.0, t0 + (i + 1) * delay / 1000 - loop.time()))
             await send({**more, "body": event(choice({"content": f" tok{i}"}))})
         await send({**more, "body": event(choice({}, "stop"))})
         if usage:
@@ -509,6 +514,11 @@ def start_byok(
 
 @dataclass
 class Turn:
+    """One streamed turn. `deltas` holds one arrival time per *token* of the script
+    (` tok<i>`), so a message that carries several tokens (byok coalesces what one
+    upstream read brings) counts each token at the time it arrived; `messages` is how
+    many text messages the client received."""
+
     kind: str
     start: float
     deltas: list[float]
@@ -516,6 +526,7 @@ class Turn:
     text: str
     server_ttft: float | None = None  # byok's own TTFT (from its Done event), seconds
     conversation: str = ""  # byok turns: the conversation the turn went to
+    messages: int = 0
 
     @property
     def ttft(self) -> float:
@@ -527,6 +538,15 @@ class Turn:
 
     def gaps(self) -> list[float]:
         return [b - a for a, b in zip(self.deltas, self.deltas[1:], strict=False)]
+
+
+def arrived(deltas: list[float], text: str, at: float) -> None:
+    """Records `at` once for each scripted token in `text`."""
+    deltas.extend([at] * max(text.count(" tok"), 1))
+
+
+def expected_text(chunks: int) -> str:
+    return "".join(f" tok{i}" for i in range(chunks))
 
 
 async def lean_sse(body: AsyncIterator[bytes]) -> AsyncIterator[str]:
@@ -614,9 +634,10 @@ class Clients:
         )
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
-                deltas.append(time.perf_counter())
-                parts.append(chunk.choices[0].delta.content)
-        return Turn("sdk", start, deltas, time.perf_counter(), "".join(parts))
+                text = chunk.choices[0].delta.content
+                arrived(deltas, text, time.perf_counter())
+                parts.append(text)
+        return Turn("sdk", start, deltas, time.perf_counter(), "".join(parts), messages=len(parts))
 
     async def turn_httpx(self, content: str) -> Turn:
         deltas: list[float] = []
@@ -636,9 +657,11 @@ class Clients:
         ) as response:
             response.raise_for_status()
             async for text in lean_sse(response.aiter_bytes()):
-                deltas.append(time.perf_counter())
+                arrived(deltas, text, time.perf_counter())
                 parts.append(text)
-        return Turn("httpx", start, deltas, time.perf_counter(), "".join(parts))
+        return Turn(
+            "httpx", start, deltas, time.perf_counter(), "".join(parts), messages=len(parts)
+        )
 
     async def turn_byok(self, content: str, conversation: str = "") -> Turn:
         from byok.v1 import chat_pb2
@@ -653,14 +676,16 @@ class Clients:
         )
         async for event in call:
             if event.HasField("delta"):
-                deltas.append(time.perf_counter())
+                arrived(deltas, event.delta.text, time.perf_counter())
                 parts.append(event.delta.text)
             elif event.HasField("started"):
                 conversation = event.started.conversation
             elif event.HasField("done"):
                 server_ttft = event.done.time_to_first_token.ToNanoseconds() / 1e9
         end = time.perf_counter()
-        return Turn("byok", start, deltas, end, "".join(parts), server_ttft, conversation)
+        return Turn(
+            "byok", start, deltas, end, "".join(parts), server_ttft, conversation, len(parts)
+        )
 
     # the parser comparison: no timing per delta, only the loop
 
@@ -806,10 +831,10 @@ async def run_block(
                 if errors <= 3:
                     log(f"  {kind} turn failed: {type(exc).__name__}: {exc}")
                 continue
-            if len(t.deltas) != chunks:
+            if t.text != expected_text(chunks):
                 errors += 1
                 if errors <= 3:
-                    log(f"  {kind} turn got {len(t.deltas)} deltas, expected {chunks}")
+                    log(f"  {kind} turn got {t.text[:80]!r}, not the {chunks} scripted tokens")
                 continue
             results.append(t)
 
@@ -1288,6 +1313,7 @@ def summarize(level: Level, delay_ms: float) -> dict[str, Any]:
             "upstream_cpu_ms_per_turn": ms(cpu.upstream) / n,
             "client_cpu_ms_per_turn": ms(cpu.client) / n,
             "server_cpu_share": cpu.server / cpu.wall if cpu.wall else 0.0,
+            "messages_per_turn": statistics.fmean(t.messages for t in turns) if turns else 0.0,
         }
         if kind == "byok":
             server_ttft = [ms(t.server_ttft) for t in turns if t.server_ttft is not None]
@@ -1341,7 +1367,9 @@ def print_level(s: dict[str, Any]) -> None:
     print(
         f"(ms; CPU = ms per turn; byok's own TTFT p50 {b['server_ttft_p50']:.2f} ms, so "
         f"{b['client_minus_server_ttft_p50']:.2f} ms of byok's TTFT is before the upstream call "
-        f"and delivery; byok server busy {100 * b['server_cpu_share']:.0f}% of a core)"
+        f"and delivery; byok server busy {100 * b['server_cpu_share']:.0f}% of a core; "
+        f"{b['messages_per_turn']:.1f} text messages per byok turn: one per upstream read, "
+        "several chunks in one when they arrived together)"
     )
     for base in ("sdk", "httpx"):
         per = s[f"added_vs_{base}"]["per_delta"]
