@@ -8,8 +8,8 @@ carries text, which is one per chunk unless several arrived together.
 
 All per-key SDK clients of one provider share one HTTP client (one connection pool, one
 set of timeouts): `providers/http.py`, the SDK's httpx2 API on an aiohttp transport
-(docs/adr/0006-upstream-http-on-aiohttp.md). Errors raised while reading the body are
-`httpx2` errors.
+(docs/adr/0006-upstream-http-on-aiohttp.md). The body is read through that client's
+`BodyReader`; errors raised while reading it are `httpx2` errors.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from byok.server.providers.base import (
     TextDelta,
     Timeouts,
 )
-from byok.server.providers.http import UpstreamHttpClient
+from byok.server.providers.http import BODY_READER, BodyReader, UpstreamHttpClient
 
 # Per-key SDK clients kept; they only wrap the shared HTTP client, so dropping one is free.
 MAX_CACHED_CLIENTS = 256
@@ -158,25 +158,27 @@ class OpenAICompatProvider:
             request["stop"] = list(params.stop)
 
         client = self._client(key)
-        deadline = asyncio.get_running_loop().time() + self._timeouts.total
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeouts.total
         secrets = (key,)
         deltas = 0
         finish_reason: str | None = None
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         done = False
+        # The body is our plain JSON, serialized as the SDK would (same bytes).
+        content = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             async with contextlib.AsyncExitStack() as stack:
-                # The timeout never spans a `yield`: each await gets its own scope.
                 async with asyncio.timeout_at(deadline):
                     # The client's own `post` rather than `chat.completions.create`: the
                     # same auth headers, retries and status errors, without the typed
                     # parameter transform and response wrappers (~1 ms a turn), since
-                    # the body is our plain JSON and the stream is parsed below.
+                    # the stream is parsed below.
                     response = await client.post(
                         "/chat/completions",
                         cast_to=httpx2.Response,
-                        body=request,
+                        content=content,
                         options=_WITH_KEY if key else _WITHOUT_KEY,
                         stream=True,
                         stream_cls=None,
@@ -188,20 +190,35 @@ class OpenAICompatProvider:
                     async with asyncio.timeout_at(deadline):
                         raw_body = await response.aread()
                     raise self._error_body(raw_body, secrets)
-                body = response.aiter_bytes()
-                close_body = getattr(body, "aclose", None)
-                if close_body is not None:
-                    stack.push_async_callback(close_body)
+                body: BodyReader = response.extensions[BODY_READER]
+                # TOTAL_TIMEOUT_SECONDS over the body: one timer that drops the
+                # connection, rather than a timeout scope per read (this generator
+                # yields between reads, and a scope must not span a yield).
+                expired = False
+
+                def expire() -> None:
+                    nonlocal expired
+                    expired = True
+                    body.abort()
+
+                stack.callback(loop.call_at(deadline, expire).cancel)
                 buffer = b""
                 data: list[bytes] = []
                 eof = False
                 while not done and not eof:
-                    async with asyncio.timeout_at(deadline):
-                        try:
-                            buffer += await anext(body)
-                        except StopAsyncIteration:
-                            eof = True
-                            buffer += b"\n\n"  # dispatch an event left without its blank line
+                    try:
+                        piece = await body.read_some()
+                    except httpx2.TransportError:
+                        if expired:
+                            raise TimeoutError from None
+                        raise
+                    if expired:
+                        raise TimeoutError
+                    if piece:
+                        buffer += piece
+                    else:
+                        eof = True
+                        buffer += b"\n\n"  # dispatch an event left without its blank line
                     *lines, buffer = buffer.split(b"\n")
                     # The chunks of one read go out as one delta: nothing is held back
                     # for a later read, and a server that is behind forwards fewer,
@@ -395,18 +412,18 @@ class OpenAICompatProvider:
         )
 
 
-async def _drain(body: AsyncIterator[bytes]) -> None:
+async def _drain(body: BodyReader) -> None:
     """Reads a stream's body to its end after [DONE], within bounds.
 
-    httpx returns a connection to its pool only once the response was read to the end;
-    closing it right after [DONE] closes the connection, so every turn paid a new TCP
-    (and, on a real provider, TLS) handshake. Anything after [DONE] is ignored; an
-    upstream that keeps the stream open past the bounds just loses its connection.
+    An HTTP client returns a connection to its pool only once the response was read to
+    the end; closing it right after [DONE] closes the connection, so every turn paid a
+    new TCP (and, on a real provider, TLS) handshake. Anything after [DONE] is ignored;
+    an upstream that keeps the stream open past the bounds just loses its connection.
     """
     seen = 0
     with contextlib.suppress(Exception):  # the timeout, or a transport error
         async with asyncio.timeout(DRAIN_SECONDS):
-            async for piece in body:
+            while piece := await body.read_some():
                 seen += len(piece)
                 if seen > DRAIN_BYTES:
                     break
