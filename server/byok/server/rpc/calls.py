@@ -74,6 +74,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self.limiter = limiter
         self.max_streams = max_streams_per_user
         self._streams: dict[str, int] = {}  # open server streams per user, this process
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, its wrapper)
 
     def _open_stream(self, user: str) -> None:
         open_now = self._streams.get(user, 0)
@@ -117,6 +118,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith("/byok."):
             return handler
+        # Registered handlers are built once, so their wrappers are too.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any, method: str) -> Any:
         deserialize = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
