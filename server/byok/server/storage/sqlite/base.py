@@ -12,6 +12,8 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
+from byok.server.storage.sqlite.group_commit import GroupCommit
+
 _T = TypeVar("_T")
 
 
@@ -24,6 +26,7 @@ class SqliteBase:
     _reader: aiosqlite.Connection
     _write_lock: asyncio.Lock
     _read_lock: asyncio.Lock
+    _commits: GroupCommit
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -40,30 +43,35 @@ class SqliteBase:
     # Reads take turns on the reader connection: in WAL mode a statement that is still
     # open pins the connection's snapshot, so overlapping statements could keep seeing
     # the database as it was before a write that was already acknowledged.
+    #
+    # The locks are for the callers that make several hops on one connection (`_tx`,
+    # and reads that hold `_read_lock` across statements). A single job (`_read`,
+    # `_write`) needs no lock of its own: the connection's thread runs jobs one at a
+    # time in the order they were queued, so one that is queued while no multi-hop
+    # caller holds the lock runs whole, before anything queued after it. Taking the
+    # lock anyway would make every job wait for the event loop twice (to be granted
+    # the lock, and for its holder's result to come back before the next job may
+    # start): under load, jobs queued behind each other at the loop's pace (14 ms p50
+    # to store a chat turn's user message at 32 turns in flight, against ~0.3 ms).
     async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Runs `fn` in a single job on the reader's thread, its statements closed inside."""
-        async with self._read_lock:
-            return await _on_thread(self._reader, fn)
+        if self._read_lock.locked():
+            async with self._read_lock:
+                return await _on_thread(self._reader, fn)
+        return await _on_thread(self._reader, fn)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Runs `fn` as one write transaction in a single job on the writer's thread.
+        """Runs `fn` as one all-or-nothing write on the writer's thread, committed (with
+        whatever other writes were waiting: group_commit.py) before it returns.
 
         The job is not interrupted by a cancelled caller: it commits or rolls back on its
         own, and the next job waits behind it on the same thread.
         """
 
-        def transaction(db: sqlite3.Connection) -> _T:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-        async with self._write_lock:
-            return await _on_thread(self._writer, transaction)
+        if self._write_lock.locked():  # a `_tx` transaction is open: after it
+            async with self._write_lock:
+                return await self._commits.run(fn)
+        return await self._commits.run(fn)
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return await self._read(lambda db: fetch_one(db, sql, params))

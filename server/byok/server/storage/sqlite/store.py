@@ -39,6 +39,7 @@ from byok.server.storage.base import check_etag as _check_etag
 from byok.server.storage.sqlite import matches
 from byok.server.storage.sqlite.accounts import AccountsMixin
 from byok.server.storage.sqlite.base import fetch_all, fetch_one, now_us
+from byok.server.storage.sqlite.group_commit import GroupCommit
 from byok.server.storage.sqlite.workspace import WorkspaceMixin
 
 CONV_COLS = (
@@ -272,6 +273,7 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
+        self._commits = GroupCommit(writer)
         self._closed = False
 
     @classmethod
