@@ -120,3 +120,14 @@ async def test_a_closed_connection_is_an_error_not_a_hang(tmp_path: Path) -> Non
     await db.close()
     with pytest.raises(ValueError, match="closed"):
         await asyncio.wait_for(commits.run(insert(("k", 1))), 5)
+
+
+async def test_a_failing_write_on_its_own_stores_nothing(
+    conn: aiosqlite.Connection, tmp_path: Path
+) -> None:
+    commits = GroupCommit(conn)
+    await commits.run(insert(("taken", 0)))
+    with pytest.raises(sqlite3.IntegrityError):
+        await commits.run(insert(("half", 2), ("taken", 3)))
+    assert rows(tmp_path / "g.db") == {"taken": 0}
+    assert await commits.run(insert(("next", 4))) == 1  # the connection is usable

@@ -102,17 +102,26 @@ def _commit(db: sqlite3.Connection, batch: list[tuple[Job, asyncio.Future[Any]]]
     except Exception as exc:  # busy past busy_timeout, disk I/O: every job fails with it
         return [(future, None, exc) for _, future in batch]
     try:
-        for job, future in batch:
-            db.execute("SAVEPOINT job")
+        if len(batch) == 1:  # the transaction is the job's own: no savepoint needed
+            job, future = batch[0]
             try:
                 result = job(db)
             except Exception as exc:
-                db.execute("ROLLBACK TO job")
-                db.execute("RELEASE job")
-                outcomes.append((future, None, exc))
-            else:
-                db.execute("RELEASE job")
-                outcomes.append((future, result, None))
+                db.execute("ROLLBACK")
+                return [(future, None, exc)]
+            outcomes.append((future, result, None))
+        else:
+            for job, future in batch:
+                db.execute("SAVEPOINT job")
+                try:
+                    result = job(db)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                    outcomes.append((future, None, exc))
+                else:
+                    db.execute("RELEASE job")
+                    outcomes.append((future, result, None))
         db.execute("COMMIT")
     except BaseException as exc:  # the transaction itself failed: nothing was stored
         if db.in_transaction:
