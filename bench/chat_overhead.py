@@ -32,6 +32,15 @@ client CPU per request.
 `--profile FILE` adds a run of the concurrency-32 byok load against a second byok
 server running under cProfile and prints where its main thread's time goes.
 
+`--baseline-tree DIR` runs a different comparison instead ("did this change pay?"):
+
+    git worktree add /tmp/base <commit>
+    .venv/bin/python bench/chat_overhead.py --baseline-tree /tmp/base [--concurrency 1,32]
+
+Two byok servers on one upstream, one on this checkout's code and one on DIR's (its
+`server/` and `gen/python/` first on PYTHONPATH, same venv); byok turns alternate between
+them in blocks, and it prints turns/s, server CPU per turn, TTFT and the ratios.
+
 `--metrics-compare` runs a different comparison instead ("metrics always on, and cheap"):
 
     .venv/bin/python bench/chat_overhead.py --metrics-compare [--concurrency 1,8]
@@ -1683,6 +1692,98 @@ async def metrics_compare(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# -- this tree against another checkout ---------------------------------------------
+
+
+async def tree_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Two byok servers on one upstream: this checkout's code and the code of the
+    checkout at `--baseline-tree` (its `server/` and `gen/python/` first on PYTHONPATH,
+    same venv), byok turns alternating between them in blocks of `concurrency * 8`
+    (turn by turn at c=1), the order flipped every round."""
+    base: Path = args.baseline_tree
+    _HARD["deadline"] = time.monotonic() + args.max_seconds
+    work = Path(tempfile.mkdtemp(prefix="byok-tree-bench-"))
+    children: list[Child] = []
+    sides = ("this", "baseline")
+    result: dict[str, Any] = {"mode": "tree-compare", "baseline_tree": str(base), "levels": []}
+    try:
+        upstream, base_url = start_upstream(work, args.chunks, args.delay_ms)
+        children.append(upstream)
+        path = os.pathsep.join(str(base / d) for d in ("server", "gen/python", "clients/python"))
+        servers: dict[str, Child] = {}
+        targets: dict[str, str] = {}
+        for side, env in (("this", {}), ("baseline", {"PYTHONPATH": path})):
+            servers[side], targets[side] = start_byok(work, f"byok-{side}", base_url, extra_env=env)
+            children.append(servers[side])
+        async with (
+            Clients(base_url, targets["this"]) as c_this,
+            Clients(base_url, targets["baseline"]) as c_base,
+        ):
+            clients = {"this": c_this, "baseline": c_base}
+            for c, turns in zip(int_list(args.concurrency), _turns_per_level(args), strict=True):
+                block = 1 if c == 1 else c * BLOCK_PER_WORKER
+                for side in sides:  # warm-up
+                    await run_block(clients[side], "byok", block * 2, c, args.chunks, args.delay_ms)
+                got: dict[str, list[Turn]] = {side: [] for side in sides}
+                cpu = dict.fromkeys(sides, 0.0)
+                wall = dict.fromkeys(sides, 0.0)
+                rounds = 0
+                while len(got["this"]) < turns and not out_of_time():
+                    for side in sides if rounds % 2 == 0 else sides[::-1]:
+                        c0, w0 = servers[side].cpu(), time.perf_counter()
+                        done, _ = await run_block(
+                            clients[side], "byok", block, c, args.chunks, args.delay_ms
+                        )
+                        wall[side] += time.perf_counter() - w0
+                        cpu[side] += servers[side].cpu() - c0
+                        got[side].extend(done)
+                    rounds += 1
+                level: dict[str, Any] = {"concurrency": c}
+                for side in sides:
+                    n = max(len(got[side]), 1)
+                    level[side] = {
+                        "n": len(got[side]),
+                        "turns_per_s": len(got[side]) / wall[side] if wall[side] else 0.0,
+                        "server_cpu_ms_per_turn": ms(cpu[side]) / n,
+                        "ttft_p50": pct([ms(t.ttft) for t in got[side]], 50),
+                        "ttft_p99": pct([ms(t.ttft) for t in got[side]], 99),
+                        "total_p50": pct([ms(t.total) for t in got[side]], 50),
+                    }
+                result["levels"].append(level)
+                print(f"\n## c={c}: this tree vs {base}")
+                print(
+                    f"{'':10}{'n':>6}{'turns/s':>9}{'CPU ms':>8}{'TTFT p50':>10}{'p99':>8}"
+                    f"{'total p50':>11}"
+                )
+                for side in sides:
+                    r = level[side]
+                    print(
+                        f"{side:<10}{r['n']:>6}{r['turns_per_s']:>9.1f}"
+                        f"{r['server_cpu_ms_per_turn']:>8.2f}{r['ttft_p50']:>10.2f}"
+                        f"{r['ttft_p99']:>8.2f}{r['total_p50']:>11.1f}"
+                    )
+                this, old = level["this"], level["baseline"]
+                print(
+                    f"this / baseline: turns/s x{this['turns_per_s'] / old['turns_per_s']:.2f}, "
+                    "server CPU per turn "
+                    f"x{this['server_cpu_ms_per_turn'] / old['server_cpu_ms_per_turn']:.2f}, "
+                    f"TTFT p50 x{this['ttft_p50'] / old['ttft_p50']:.2f}"
+                )
+    finally:
+        for child in reversed(children):
+            child.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _turns_per_level(args: argparse.Namespace) -> list[int]:
+    levels = int_list(args.concurrency)
+    given = int_list(args.turns) if args.turns else []
+    if len(given) == 1:
+        given = given * len(levels)
+    return given or [200 if c == 1 else 2000 for c in levels]
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -1904,6 +2005,12 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="--metrics-compare: comparisons per level"
     )
+    parser.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        help="instead: byok turns of this checkout against the checkout in DIR "
+        "(e.g. git worktree add /tmp/base <commit>), interleaved",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, db)")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-byok-profiled", metavar="OUT", help=argparse.SUPPRESS)
@@ -1924,7 +2031,13 @@ def main() -> None:
         return
     if args.concurrency is None:
         args.concurrency = "1,8" if args.metrics_compare else "1,32"
-    result = asyncio.run(metrics_compare(args) if args.metrics_compare else bench(args))
+    if args.baseline_tree:
+        args.baseline_tree = Path(args.baseline_tree).resolve()
+        if not (args.baseline_tree / "server" / "byok" / "server").is_dir():
+            raise SystemExit(f"--baseline-tree {args.baseline_tree}: no server/byok/server there")
+        result = asyncio.run(tree_compare(args))
+    else:
+        result = asyncio.run(metrics_compare(args) if args.metrics_compare else bench(args))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
         log(f"wrote {args.json}")
