@@ -1596,10 +1596,7 @@ async def metrics_compare(args: argparse.Namespace) -> dict[str, Any]:
     """Two byok servers on one upstream, metrics on and off, TTFT interleaved."""
     import httpx
 
-    concurrencies = int_list(args.concurrency)
-    turns_arg = int_list(args.turns) if args.turns else []
-    if len(turns_arg) == 1:
-        turns_arg = turns_arg * len(concurrencies)
+    plan = plan_levels(args, lambda c: 200 if c == 1 else c * 48)
     _HARD["deadline"] = time.monotonic() + args.max_seconds
     work = Path(tempfile.mkdtemp(prefix="byok-metrics-bench-"))
     children: list[Child] = []
@@ -1640,15 +1637,14 @@ async def metrics_compare(args: argparse.Namespace) -> dict[str, Any]:
             Clients(base_url, off_target) as c_off,
         ):
             pair = {"on": c_on, "off": c_off}
-            for i, c in enumerate(concurrencies):
-                turns = turns_arg[i] if i < len(turns_arg) else (200 if c == 1 else c * 48)
+            for i, (c, turns) in enumerate(plan):
                 warm = 20 if c == 1 else c * BLOCK_PER_WORKER
                 log(f"concurrency {c}: warm-up {warm} turns a side")
                 for side in SIDES:
                     await run_block(pair[side], "byok", warm, c, args.chunks, args.delay_ms)
                 repeats = []
                 for r in range(args.repeats):
-                    left = (len(concurrencies) - i - 1) * args.repeats + args.repeats - r
+                    left = (len(plan) - i - 1) * args.repeats + args.repeats - r
                     deadline = time.monotonic() + (_HARD["deadline"] - time.monotonic()) / left
                     log(f"concurrency {c}: repeat {r + 1}/{args.repeats}, {turns} turns a side")
                     repeats.append(
@@ -1720,7 +1716,7 @@ async def tree_compare(args: argparse.Namespace) -> dict[str, Any]:
             Clients(base_url, targets["baseline"]) as c_base,
         ):
             clients = {"this": c_this, "baseline": c_base}
-            for c, turns in zip(int_list(args.concurrency), _turns_per_level(args), strict=True):
+            for c, turns in plan_levels(args, default_turns):
                 block = 1 if c == 1 else c * BLOCK_PER_WORKER
                 for side in sides:  # warm-up
                     await run_block(clients[side], "byok", block * 2, c, args.chunks, args.delay_ms)
@@ -1776,14 +1772,6 @@ async def tree_compare(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _turns_per_level(args: argparse.Namespace) -> list[int]:
-    levels = int_list(args.concurrency)
-    given = int_list(args.turns) if args.turns else []
-    if len(given) == 1:
-        given = given * len(levels)
-    return given or [200 if c == 1 else 2000 for c in levels]
-
-
 # -- main -------------------------------------------------------------------------------
 
 
@@ -1791,11 +1779,22 @@ def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
+def plan_levels(args: argparse.Namespace, default: Callable[[int], int]) -> list[tuple[int, int]]:
+    """(concurrency, turns) per level: `--turns` gives one number for all levels or one
+    per level; a level it does not cover gets `default(concurrency)`."""
     concurrencies = int_list(args.concurrency)
-    turns_arg = int_list(args.turns) if args.turns else []
-    if len(turns_arg) == 1:
-        turns_arg = turns_arg * len(concurrencies)
+    given = int_list(args.turns) if args.turns else []
+    if len(given) == 1:
+        given = given * len(concurrencies)
+    return [(c, given[i] if i < len(given) else default(c)) for i, c in enumerate(concurrencies)]
+
+
+def default_turns(c: int) -> int:
+    return 200 if c == 1 else 2000
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    plan = plan_levels(args, default_turns)
     deadline_all = time.monotonic() + args.max_seconds
     _HARD["deadline"] = deadline_all
     work = Path(tempfile.mkdtemp(prefix="byok-chat-bench-"))
@@ -1837,9 +1836,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"(second {ms(first[1].ttft):.1f} ms; first direct httpx turn "
                 f"{ms(direct.ttft):.1f} ms)"
             )
-            for i, c in enumerate(concurrencies):
-                turns = turns_arg[i] if i < len(turns_arg) else (200 if c == 1 else 2000)
-                left = len(concurrencies) - i
+            for i, (c, turns) in enumerate(plan):
+                left = len(plan) - i
                 budget = (deadline_all - time.monotonic()) / (left + 0.5)
                 level = await measure_level(
                     clients, meter, c, turns, args.chunks, args.delay_ms, time.monotonic() + budget
@@ -1862,7 +1860,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 print_parsers(result, parsers, args)
         server.stop()  # the measured server is done; the rest runs without it
-        c = max(concurrencies)
+        c = max(c for c, _ in plan)
         if args.breakdown_turns and not out_of_time():
             log(f"components in-process: {args.breakdown_turns} turns each at c={c}")
             parts = await breakdown(

@@ -287,12 +287,12 @@ class ChatEngine:
                                 # An upstream that ignores max_tokens is cut off here,
                                 # inside a delta that carries several chunks if need be.
                                 limit = params.max_tokens + MAX_TOKENS_SLACK
-                                completion_tokens += tokens.count_tokens(text)
+                                counted = tokens.count_tokens(text)
+                                completion_tokens += counted
                                 if completion_tokens >= limit:
                                     over = completion_tokens - limit
                                     if over:
-                                        kept = tokens.count_tokens(text) - over
-                                        text = tokens.truncate_tokens(text, kept)
+                                        text = tokens.truncate_tokens(text, counted - over)
                                     end = StreamEnd("length")
                             if text:
                                 parts.append(text)

@@ -55,10 +55,7 @@ class SqliteBase:
     # to store a chat turn's user message at 32 turns in flight, against ~0.3 ms).
     async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Runs `fn` in a single job on the reader's thread, its statements closed inside."""
-        if self._read_lock.locked():
-            async with self._read_lock:
-                return await _on_thread(self._reader, fn)
-        return await _on_thread(self._reader, fn)
+        return await _behind(self._read_lock, lambda: _on_thread(self._reader, fn))
 
     async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Runs `fn` as one all-or-nothing write on the writer's thread, committed (with
@@ -68,16 +65,21 @@ class SqliteBase:
         own, and the next job waits behind it on the same thread.
         """
 
-        if self._write_lock.locked():  # a `_tx` transaction is open: after it
-            async with self._write_lock:
-                return await self._commits.run(fn)
-        return await self._commits.run(fn)
+        return await _behind(self._write_lock, lambda: self._commits.run(fn))
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return await self._read(lambda db: fetch_one(db, sql, params))
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return await self._read(lambda db: fetch_all(db, sql, params))
+
+
+async def _behind(lock: asyncio.Lock, job: Callable[[], Awaitable[_T]]) -> _T:
+    """Runs a single job at once, or after the multi-hop caller that holds `lock`."""
+    if lock.locked():
+        async with lock:
+            return await job()
+    return await job()
 
 
 async def _on_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
