@@ -3,16 +3,19 @@
 Run by hand (not part of the test suite):
 
     .venv/bin/python bench/chat_overhead.py [--turns 200,2000] [--concurrency 1,32]
-        [--chunks 20] [--delay-ms 5] [--json FILE] [--profile FILE]
+        [--chunks 20] [--delay-ms 5] [--upstream node|python] [--json FILE] [--profile FILE]
 
-Three processes: a scripted OpenAI-compatible upstream (this file, `--serve-upstream`:
-raw ASGI on uvicorn, `chunks` content chunks due every `delay_ms` from the request, OpenAI's chunk
-format, a usage chunk, `[DONE]`), `byok-server serve` (gRPC, persistence on, SQLite in
-a temp dir, routed to the upstream) and this client. The client runs, interleaved, the
-same turn three ways: the openai SDK `chat.completions.create(stream=True)` straight to
-the upstream, a raw httpx SSE client straight to the upstream, and gRPC StreamChat
-through byok. At concurrency 1 the three alternate turn by turn; at higher concurrency
-they alternate in blocks of `concurrency * 8` turns with `concurrency` turns in flight.
+Three processes: a scripted OpenAI-compatible upstream (`bench/upstream.mjs` on
+node:http by default, `--upstream python` for this file's `--serve-upstream`, raw ASGI
+on uvicorn; either way `chunks` content chunks due every `delay_ms` from the request,
+OpenAI's chunk format, a usage chunk, `[DONE]`; node serves it for a fraction of
+uvicorn's CPU, which leaves more of the machine to the processes measured), `byok-server
+serve` (gRPC, persistence on, SQLite in a temp dir, routed to the upstream) and this
+client. The client runs, interleaved, the same turn three ways: the openai SDK
+`chat.completions.create(stream=True)` straight to the upstream, a raw httpx SSE client
+straight to the upstream, and gRPC StreamChat through byok. At concurrency 1 the three
+alternate turn by turn; at higher concurrency they alternate in blocks of `concurrency *
+8` turns with `concurrency` turns in flight.
 
 Figures: TTFT (request sent -> first non-empty text delta), total time (-> end of the
 stream), the gaps between deltas, byok's added time (byok minus direct, p50/p99), byok
@@ -482,10 +485,20 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.upper().startswith(prefixes)}
 
 
-def start_upstream(work: Path, chunks: int, delay_ms: float) -> tuple[Child, str]:
+def start_upstream(
+    work: Path, chunks: int, delay_ms: float, kind: str = "node"
+) -> tuple[Child, str]:
+    """The scripted upstream: `node` (bench/upstream.mjs on node:http, the default) or
+    `python` (`serve_upstream`, uvicorn), the same script either way."""
     port = free_port()
-    argv = [sys.executable, str(SELF), "--serve-upstream", str(port)]
-    argv += ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
+    if kind == "node":
+        node = shutil.which("node")
+        if node is None:
+            raise SystemExit("--upstream node needs Node.js on PATH (or use --upstream python)")
+        argv = [node, str(SELF.parent / "upstream.mjs"), str(port), str(chunks), str(delay_ms)]
+    else:
+        argv = [sys.executable, str(SELF), "--serve-upstream", str(port)]
+        argv += ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
     child = start_child("upstream", argv, clean_env(), work)
     wait_ready(child, f"http://127.0.0.1:{port}/health")
     return child, f"http://127.0.0.1:{port}/v1"
@@ -1610,7 +1623,7 @@ async def metrics_compare(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"chunks": args.chunks, "delay_ms": args.delay_ms, "repeats": args.repeats},
     }
     try:
-        upstream, base_url = start_upstream(work, args.chunks, args.delay_ms)
+        upstream, base_url = start_upstream(work, args.chunks, args.delay_ms, args.upstream)
         children.append(upstream)
         on, on_target = start_byok(work, "byok-metrics-on", base_url)
         children.append(on)
@@ -1703,7 +1716,7 @@ async def tree_compare(args: argparse.Namespace) -> dict[str, Any]:
     sides = ("this", "baseline")
     result: dict[str, Any] = {"mode": "tree-compare", "baseline_tree": str(base), "levels": []}
     try:
-        upstream, base_url = start_upstream(work, args.chunks, args.delay_ms)
+        upstream, base_url = start_upstream(work, args.chunks, args.delay_ms, args.upstream)
         children.append(upstream)
         path = os.pathsep.join(str(base / d) for d in ("server", "gen/python", "clients/python"))
         servers: dict[str, Child] = {}
@@ -1809,7 +1822,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"chunks": args.chunks, "delay_ms": args.delay_ms},
     }
     try:
-        upstream, base_url = start_upstream(work, args.chunks, args.delay_ms)
+        upstream, base_url = start_upstream(work, args.chunks, args.delay_ms, args.upstream)
         server, target = start_byok(work, "byok", base_url)
         await asyncio.sleep(1.0)
         c0 = server.cpu()
@@ -1972,6 +1985,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--concurrency", help="comma-separated levels (default 1,32; 1,8 with --metrics-compare)"
+    )
+    parser.add_argument(
+        "--upstream",
+        choices=("node", "python"),
+        default="node",
+        help="the scripted upstream: bench/upstream.mjs on node:http (default) or uvicorn",
     )
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per reply")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="one chunk due every DELAY_MS")
