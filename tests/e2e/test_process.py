@@ -31,7 +31,20 @@ def test_sigterm_ends_running_streams_within_grace_and_exits_0(tmp_path: Path) -
         assert statuses[:1] == [health_pb2.HealthCheckResponse.NOT_SERVING]
         assert took < 10, f"shutdown took {took:.1f}s with a 1.5s grace period"
         assert "byok stopped" in server.log()
+        assert "event loop uvloop" in server.log()  # the default (BYOK_EVENT_LOOP=auto)
         assert (tmp_path / "data" / "byok.db").exists()
+    finally:
+        server.kill()
+
+
+def test_byok_event_loop_asyncio_serves_on_the_standard_loop(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", {"BYOK_EVENT_LOOP": "asyncio"})
+    server.start()
+    try:
+        with grpc.insecure_channel(server.grpc_target) as ch:
+            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert "event loop asyncio" in server.log()
     finally:
         server.kill()
 

@@ -68,6 +68,17 @@ def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert "\n" not in message
 
 
+def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().event_loop == "auto"
+    monkeypatch.setenv("BYOK_EVENT_LOOP", " AsyncIO ")
+    assert load_settings().event_loop == "asyncio"
+    monkeypatch.setenv("BYOK_EVENT_LOOP", "trio")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "BYOK_EVENT_LOOP" in str(info.value)
+    assert "'trio' is not auto, uvloop or asyncio" in str(info.value)
+
+
 def test_bad_setting_stops_the_start_with_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(BIN / "byok-server"), "serve"],

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 from starlette.applications import Starlette
 
@@ -167,13 +168,15 @@ class App:
                 raise RuntimeError("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
         log.info(
-            "byok serving gRPC on %s:%d and HTTP on %s:%d (auth %s, TLS %s), data in %s",
+            "byok serving gRPC on %s:%d and HTTP on %s:%d (auth %s, TLS %s, event loop %s), "
+            "data in %s",
             s.grpc_addr.host,
             self.grpc_port,
             s.http_addr.host,
             self.http_port,
             s.auth_mode,
             "on" if s.tls else "off",
+            type(asyncio.get_running_loop()).__module__.partition(".")[0],
             s.data_dir,
         )
 
@@ -237,12 +240,15 @@ class App:
         log.info("byok stopped")
         self._stopped.set()
 
-    async def serve_until_signal(self) -> None:
-        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+    async def serve_until_signal(self, started: Callable[[], None] | None = None) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully; `started` runs once the
+        server is up (the process entry point freezes the start-up heap there)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        if started is not None:
+            started()
         await stop.wait()
         await self.stop()

@@ -12,6 +12,7 @@ from typing import Annotated, NoReturn, TypeVar, cast
 import typer
 
 from byok.server import app as app_module
+from byok.server import eventloop
 from byok.server.accounts.provider_keys import new_master_key
 from byok.server.accounts.users import Accounts
 from byok.server.cli_db_copy import db_copy
@@ -72,7 +73,14 @@ def serve(grpc_addr: GrpcAddr = None, http_addr: HttpAddr = None, data_dir: Data
         log_content=settings.log_content,
     )
     try:
-        asyncio.run(app_module.App(settings).serve_until_signal())
+        factory = eventloop.loop_factory(settings.event_loop)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(
+                app_module.App(settings).serve_until_signal(started=eventloop.freeze_startup_heap)
+            )
     except OSError as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:

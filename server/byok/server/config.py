@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from byok.server.accounts.provider_keys import parse_master_key
+from byok.server.eventloop import EVENT_LOOPS
 from byok.server.models.routing import RoutingConfig, parse_routing
 
 
@@ -132,6 +133,7 @@ class Settings(BaseSettings):
         default=15.0, gt=0, le=3600, validation_alias=AliasChoices("SSE_HEARTBEAT_SECONDS")
     )
     log_format: str = Field(default="auto", validation_alias=AliasChoices("BYOK_LOG_FORMAT"))
+    event_loop: str = Field(default="auto", validation_alias=AliasChoices("BYOK_EVENT_LOOP"))
     log_content: bool = Field(default=False, validation_alias=AliasChoices("LOG_CONTENT"))
     rate_limit_per_min: int = Field(
         default=0, ge=0, le=1_000_000, validation_alias=AliasChoices("RATE_LIMIT_PER_MIN")
@@ -169,6 +171,14 @@ class Settings(BaseSettings):
         if fmt not in {"auto", "json", "text"}:
             raise ValueError(f"{value!r} is not auto, json or text")
         return fmt
+
+    @field_validator("event_loop")
+    @classmethod
+    def _event_loop(cls, value: str) -> str:
+        choice = value.strip().lower()
+        if choice not in EVENT_LOOPS:
+            raise ValueError(f"{value!r} is not {', '.join(EVENT_LOOPS[:-1])} or {EVENT_LOOPS[-1]}")
+        return choice
 
     @field_validator("database_url")
     @classmethod
