@@ -46,7 +46,10 @@ def restore_logging() -> Iterator[None]:
     level, handlers = root.level, list(root.handlers)
     uv = {n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers)) for n in
           logs.UVICORN_LOGGERS}  # fmt: skip
+    chatty = {n: logging.getLogger(n).level for n in logs.CHATTY_LOGGERS}
     yield
+    for name, old_level in chatty.items():
+        logging.getLogger(name).setLevel(old_level)
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
@@ -72,6 +75,17 @@ def in_call(fn: Any, request_id: str | None, user: str | None) -> None:
         fn()
 
     contextvars.copy_context().run(run)
+
+
+def test_the_upstream_clients_request_lines_only_at_debug(restore_logging: None) -> None:
+    for level, shown in (("INFO", False), ("DEBUG", True)):
+        capture = Capture()
+        configure_logging(level, "json", stream=capture.stream)
+        logging.getLogger("httpx2").info('HTTP Request: POST http://127.0.0.1/v1 "200 OK"')
+        logging.getLogger("httpx2").warning("something worth a warning")
+        messages = [r["message"] for r in capture.records()]
+        assert ('HTTP Request: POST http://127.0.0.1/v1 "200 OK"' in messages) is shown, level
+        assert "something worth a warning" in messages
 
 
 def test_json_line_has_the_fields(json_logs: Capture) -> None:

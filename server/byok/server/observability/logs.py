@@ -29,6 +29,10 @@ LogFormat = Literal["json", "text", "auto"]
 
 ACCESS_LOGGER = "byok.access"
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+# HTTP clients that log every request at INFO: the upstream call of each chat turn
+# ("HTTP Request: POST …/chat/completions 200 OK"), a second line per turn beside the
+# access line, and a tenth of a millisecond of the server's CPU per turn. Shown at DEBUG.
+CHATTY_LOGGERS = ("httpx2", "httpx")
 
 current_request_id: ContextVar[str | None] = ContextVar("byok_request_id", default=None)
 current_log_user: ContextVar[str | None] = ContextVar("byok_log_user", default=None)
@@ -199,7 +203,8 @@ def configure_logging(
     log_content: bool = False,
 ) -> logging.Handler:
     """Installs byok's one log handler on the root logger (replacing one installed
-    before) and routes uvicorn's loggers through it. `auto` is text on a TTY, JSON
+    before), routes uvicorn's loggers through it and keeps per-request client logs
+    (CHATTY_LOGGERS) for DEBUG. `auto` is text on a TTY, JSON
     otherwise. Returns the handler."""
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
@@ -214,6 +219,9 @@ def configure_logging(
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    chatty = root.level if root.level <= logging.DEBUG else max(root.level, logging.WARNING)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(chatty)
     for name in UVICORN_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()
