@@ -8,7 +8,7 @@ import sys
 
 import uvloop
 
-from byok.server.eventloop import freeze_startup_heap, loop_factory
+from byok.server.eventloop import loop_factory
 
 
 def test_auto_and_uvloop_pick_uvloop_and_asyncio_the_default_loop() -> None:
@@ -40,4 +40,3 @@ def test_freezing_leaves_later_objects_collectable() -> None:
     frozen, collected = (int(x) for x in out.stdout.split())
     assert frozen > 1000  # the modules and everything they made at import
     assert collected >= 2  # the cycle made after freezing was found and freed
-    assert callable(freeze_startup_heap)

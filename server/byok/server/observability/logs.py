@@ -204,8 +204,8 @@ def configure_logging(
 ) -> logging.Handler:
     """Installs byok's one log handler on the root logger (replacing one installed
     before), routes uvicorn's loggers through it and keeps per-request client logs
-    (CHATTY_LOGGERS) for DEBUG. `auto` is text on a TTY, JSON
-    otherwise. Returns the handler."""
+    (CHATTY_LOGGERS) for DEBUG. `auto` is text on a TTY, JSON otherwise. Returns the
+    handler."""
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
         fmt = "text" if _isatty(out) else "json"
