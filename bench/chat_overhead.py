@@ -20,7 +20,9 @@ alternate turn by turn; at higher concurrency they alternate in blocks of `concu
 Figures: TTFT (request sent -> first non-empty text delta), total time (-> end of the
 stream), the gaps between deltas, byok's added time (byok minus direct, p50/p99), byok
 turns/s, and CPU seconds per turn of the byok server, the upstream and the client
-(utime+stime from /proc/<pid>/stat; the client from time.process_time()).
+(utime+stime from /proc/<pid>/stat; the client from time.process_time()). Each level
+also prints the byok server's own view of its turns, means from its /metrics histograms
+(storing the user message, upstream TTFT and duration, storing the reply, the RPC).
 
 A follow-up phase (`--follow-up-threads`, c=1) continues conversations: threads of 5
 turns, byok loading each thread and sending its stored history, the direct SDK call
@@ -811,6 +813,53 @@ class Level:
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     stopped_early: bool = False
     load: dict[str, Any] = field(default_factory=dict)  # machine_load() over the measured turns
+    server_phases: dict[str, float] = field(default_factory=dict)  # mean ms, from /metrics
+
+
+# Where a byok turn's time goes, as the server's own histograms see it (means over the
+# level's byok turns, from the difference of /metrics before and after the level).
+PHASES = (
+    (
+        "store the thread + user message",
+        "byok_db_query_duration_seconds",
+        'operation="create_conversation_with_messages"',
+    ),
+    ("upstream request -> first token", "byok_llm_time_to_first_token_seconds", ""),
+    ("upstream request -> last byte", "byok_llm_duration_seconds", ""),
+    ("store the reply", "byok_db_query_duration_seconds", 'operation="append_messages"'),
+    ("byok's time around the upstream call", "byok_gateway_overhead_seconds", ""),
+    ("StreamChat as the server sees it", "grpc_server_handling_seconds", "StreamChat"),
+)
+_HISTOGRAM_LINE = re.compile(r"^(\w+)_(sum|count)(\{[^}]*\})? ([0-9.e+-]+)$")
+
+
+def histogram_totals(http_url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) per PHASES entry, from the server's /metrics."""
+    import httpx
+
+    text = httpx.get(f"{http_url}/metrics", timeout=10).text
+    totals = {label: [0.0, 0.0] for label, _, _ in PHASES}
+    for line in text.splitlines():
+        m = _HISTOGRAM_LINE.match(line)
+        if m is None:
+            continue
+        name, part, labels, value = m.group(1), m.group(2), m.group(3) or "", float(m.group(4))
+        for label, metric, selector in PHASES:
+            if name == metric and selector in labels:
+                totals[label][0 if part == "sum" else 1] += value
+    return {label: (v[0], v[1]) for label, v in totals.items()}
+
+
+def phase_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    means = {}
+    for label in after:
+        total = after[label][0] - before[label][0]
+        count = after[label][1] - before[label][1]
+        if count > 0:
+            means[label] = ms(total / count)
+    return means
 
 
 class Meter:
@@ -890,6 +939,7 @@ async def measure_level(
     log(f"concurrency {concurrency}: {turns} turns of each kind, blocks of {block}")
     rounds = 0
     machine_before = machine_cpu()
+    histograms_before = await asyncio.to_thread(histogram_totals, meter.server.http_url)
     while len(level.turns["byok"]) < turns:
         if time.monotonic() > deadline:
             level.stopped_early = True
@@ -908,6 +958,8 @@ async def measure_level(
             log(f"  {len(level.turns['byok'])}/{turns}")
     own = sum(c.server + c.upstream + c.client for c in level.cpu.values())
     level.load = machine_load(machine_before, machine_cpu(), own)
+    histograms_after = await asyncio.to_thread(histogram_totals, meter.server.http_url)
+    level.server_phases = phase_means(histograms_before, histograms_after)
     return level
 
 
@@ -1319,6 +1371,7 @@ def summarize(level: Level, delay_ms: float) -> dict[str, Any]:
         "concurrency": level.concurrency,
         "stopped_early": level.stopped_early,
         "load": level.load,
+        "server_phases_ms": level.server_phases,
     }
     for kind in KINDS:
         turns = level.turns[kind]
@@ -1410,6 +1463,10 @@ def print_level(s: dict[str, Any]) -> None:
     if "paired_added_ttft_vs_sdk" in s:
         p = s["paired_added_ttft_vs_sdk"]
         print(f"paired added TTFT vs SDK: p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms")
+    if s.get("server_phases_ms"):
+        print("byok server's own view of its turns (means from /metrics, ms):")
+        for label, value in s["server_phases_ms"].items():
+            print(f"  {value:8.2f}  {label}")
     if s["load"]:
         print(describe_load(s["load"]))
     errors = {k: s[k]["errors"] for k in KINDS if s[k]["errors"]}
