@@ -830,24 +830,29 @@ PHASES = (
     ("byok's time around the upstream call", "byok_gateway_overhead_seconds", ""),
     ("StreamChat as the server sees it", "grpc_server_handling_seconds", "StreamChat"),
 )
-_HISTOGRAM_LINE = re.compile(r"^(\w+)_(sum|count)(\{[^}]*\})? ([0-9.e+-]+)$")
 
 
 def histogram_totals(http_url: str) -> dict[str, tuple[float, float]]:
     """(sum, count) per PHASES entry, from the server's /metrics."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{http_url}/metrics", timeout=10).text
-    totals = {label: [0.0, 0.0] for label, _, _ in PHASES}
-    for line in text.splitlines():
-        m = _HISTOGRAM_LINE.match(line)
-        if m is None:
-            continue
-        name, part, labels, value = m.group(1), m.group(2), m.group(3) or "", float(m.group(4))
-        for label, metric, selector in PHASES:
-            if name == metric and selector in labels:
-                totals[label][0 if part == "sum" else 1] += value
-    return {label: (v[0], v[1]) for label, v in totals.items()}
+    totals = dict.fromkeys((label for label, _, _ in PHASES), (0.0, 0.0))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, part = sample.name.rpartition("_")[::2]
+            if part not in ("sum", "count"):
+                continue
+            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+            for label, metric, selector in PHASES:
+                if name == metric and selector in labels:
+                    total, count = totals[label]
+                    if part == "sum":
+                        totals[label] = (total + sample.value, count)
+                    else:
+                        totals[label] = (total, count + sample.value)
+    return totals
 
 
 def phase_means(
