@@ -94,6 +94,7 @@ ROUTE = "fast"
 KINDS = ("sdk", "httpx", "byok")
 LABELS = {"sdk": "openai SDK direct", "httpx": "httpx SSE direct", "byok": "byok (gRPC)"}
 TARGETS = {"ttft_p50": 2.0, "ttft_p99": 5.0, "rate": 250.0, "gap_ms": 0.5, "bunched_pp": 2.0}
+BARE_GRPC = "bare grpc.aio server (no byok code; prebuilt messages, same shape)"
 BLOCK_PER_WORKER = 8  # turns each worker runs in one block at concurrency > 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _SPEC = re.compile(r"chunks=(\d+)\s+delay_ms=([0-9.]+)")
@@ -195,6 +196,11 @@ def describe_load(m: dict[str, Any]) -> str:
         f"steal {m['steal_cores']:.2f} cores ({100 * m['steal_cores'] / m['cores']:.0f}% of "
         f"the vCPUs' time went to other guests); load average {m['loadavg1_before']:.2f} before, "
         f"{m['loadavg1_after']:.2f} after"
+        + (
+            "; speed probe {:.0f} ms before, {:.0f} ms after".format(*m["speed_probe_ms"])
+            if "speed_probe_ms" in m
+            else ""
+        )
     )
 
 
@@ -943,6 +949,7 @@ async def measure_level(
             await run_block(clients, kind, block, concurrency, chunks, delay_ms)
     log(f"concurrency {concurrency}: {turns} turns of each kind, blocks of {block}")
     rounds = 0
+    probe_before = speed_probe()
     machine_before = machine_cpu()
     histograms_before = await asyncio.to_thread(histogram_totals, meter.server.http_url)
     while len(level.turns["byok"]) < turns:
@@ -963,6 +970,7 @@ async def measure_level(
             log(f"  {len(level.turns['byok'])}/{turns}")
     own = sum(c.server + c.upstream + c.client for c in level.cpu.values())
     level.load = machine_load(machine_before, machine_cpu(), own)
+    level.load["speed_probe_ms"] = [probe_before, speed_probe()]
     histograms_after = await asyncio.to_thread(histogram_totals, meter.server.http_url)
     level.server_phases = phase_means(histograms_before, histograms_after)
     return level
@@ -1217,7 +1225,7 @@ async def grpc_only(
             done, _ = await run_block(clients, "byok", turns, concurrency, chunks, delay_ms)
             wall = time.perf_counter() - w0
             n = max(len(done), 1)
-            result["bare grpc.aio server (no byok code; prebuilt messages, same shape)"] = {
+            result[BARE_GRPC] = {
                 "cpu_ms_per_turn": ms(child.cpu() - c0) / n,
                 "turns_per_s": len(done) / wall,
                 "upstream_cpu_ms_per_turn": 0.0,
@@ -1479,7 +1487,12 @@ def print_level(s: dict[str, Any]) -> None:
         print(f"errors: {errors}")
 
 
-def verdicts(summaries: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+def verdicts(
+    summaries: list[dict[str, Any]], components: dict[str, dict[str, float]] | None = None
+) -> list[tuple[str, bool | None, str]]:
+    """PASS/MISS per target. The c=32 line also names what this machine allows: the rate of
+    a bare grpc.aio server with no byok code (when the components were measured), since
+    the same code gives different rates on different 2-core machines."""
     rows: list[tuple[str, bool | None, str]] = []
     by_c = {s["concurrency"]: s for s in summaries}
     if 1 in by_c:
@@ -1498,12 +1511,15 @@ def verdicts(summaries: list[dict[str, Any]]) -> list[tuple[str, bool | None, st
         ceiling = by_c[32]["sdk"]["turns_per_s"]
         httpx_rate = by_c[32]["httpx"]["turns_per_s"]
         cpu_ms = max(by_c[32]["byok"]["server_cpu_ms_per_turn"], 1e-6)
+        bare = (components or {}).get(BARE_GRPC, {}).get("turns_per_s")
+        floor = f"; a bare grpc.aio server, no byok code: {bare:.0f}/s" if bare else ""
         rows.append(
             (
                 f"streamed turns/s at c=32 >= {TARGETS['rate']:g}",
                 r >= TARGETS["rate"],
                 f"{r:.0f}/s (same blocks direct: SDK {ceiling:.0f}/s, httpx {httpx_rate:.0f}/s; "
-                f"byok server {cpu_ms:.1f} ms CPU/turn = {1000 / cpu_ms:.0f} turns/s per core)",
+                f"byok server {cpu_ms:.1f} ms CPU/turn = {1000 / cpu_ms:.0f} turns/s per core"
+                f"{floor})",
             )
         )
     for s in summaries:
@@ -1521,6 +1537,20 @@ def verdicts(summaries: list[dict[str, Any]]) -> list[tuple[str, bool | None, st
             )
         )
     return rows
+
+
+def speed_probe(rounds: int = 5) -> float:
+    """ms for a fixed pure-Python loop, best of `rounds`: how fast this machine runs the
+    interpreter right now. Rates at c=32 are bound by one core's Python speed, so runs on
+    different machines (or one machine whose host is busy) compare through this."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return ms(best)
 
 
 def cpu_model() -> str:
@@ -1880,6 +1910,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "loadavg_before": os.getloadavg(),
+            "speed_probe_ms_before": speed_probe(),
         },
         "config": {"chunks": args.chunks, "delay_ms": args.delay_ms},
     }
@@ -1946,7 +1977,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
             result["components"] = parts
             print_components(parts, summaries, c)
-        rows = verdicts(summaries)
+        rows = verdicts(summaries, result.get("components"))
         result["targets"] = [{"target": t, "pass": ok, "measured": m} for t, ok, m in rows]
         print("\n## targets")
         for t, ok, m in rows:
@@ -1959,11 +1990,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             result["profile"] = report
             print_profile(report, c)
         result["machine"]["loadavg_after"] = os.getloadavg()
+        result["machine"]["speed_probe_ms_after"] = speed_probe()
         m = result["machine"]
         print(
             f"\nmachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; the client, "
             f"the byok server and the upstream share them. Load average before "
-            f"{m['loadavg_before'][0]:.2f}, after {m['loadavg_after'][0]:.2f}"
+            f"{m['loadavg_before'][0]:.2f}, after {m['loadavg_after'][0]:.2f}. Speed probe "
+            f"(a 1M-step Python loop, best of 5; lower is faster): "
+            f"{m['speed_probe_ms_before']:.0f} ms before, {m['speed_probe_ms_after']:.0f} ms after"
         )
     finally:
         for child in (server, upstream):
