@@ -1539,18 +1539,19 @@ def verdicts(
     return rows
 
 
-def speed_probe(rounds: int = 5) -> float:
-    """ms for a fixed pure-Python loop, best of `rounds`: how fast this machine runs the
-    interpreter right now. Rates at c=32 are bound by one core's Python speed, so runs on
-    different machines (or one machine whose host is busy) compare through this."""
-    best = float("inf")
+def speed_probe(rounds: int = 7) -> float:
+    """ms for a fixed pure-Python loop, the median of `rounds`: how fast this machine runs
+    the interpreter right now. Rates at c=32 are bound by one core's Python speed, so runs
+    on different machines (or on one VM whose host is busy) compare through this. The
+    median, not the best: a shared host slows the CPU itself, not only its availability."""
+    times = []
     for _ in range(rounds):
         start = time.perf_counter()
         total = 0
         for i in range(1_000_000):
             total += i
-        best = min(best, time.perf_counter() - start)
-    return ms(best)
+        times.append(time.perf_counter() - start)
+    return ms(statistics.median(times))
 
 
 def cpu_model() -> str:
@@ -1996,7 +1997,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             f"\nmachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; the client, "
             f"the byok server and the upstream share them. Load average before "
             f"{m['loadavg_before'][0]:.2f}, after {m['loadavg_after'][0]:.2f}. Speed probe "
-            f"(a 1M-step Python loop, best of 5; lower is faster): "
+            f"(a 1M-step Python loop, median of 7; lower is faster): "
             f"{m['speed_probe_ms_before']:.0f} ms before, {m['speed_probe_ms_after']:.0f} ms after"
         )
     finally:
