@@ -39,6 +39,7 @@ from byok.server.storage.base import check_etag as _check_etag
 from byok.server.storage.sqlite import matches
 from byok.server.storage.sqlite.accounts import AccountsMixin
 from byok.server.storage.sqlite.base import fetch_all, fetch_one, now_us
+from byok.server.storage.sqlite.checkpoint import Checkpointer
 from byok.server.storage.sqlite.group_commit import GroupCommit
 from byok.server.storage.sqlite.workspace import WorkspaceMixin
 
@@ -267,6 +268,8 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
     (spaces, model profiles) in their mixins, on the same connections and lock.
     """
 
+    _checkpointer: Checkpointer | None = None
+
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
         self.path = path
         self._writer = writer
@@ -288,12 +291,19 @@ class SqliteStore(AccountsMixin, WorkspaceMixin):
         # Searches touch a few hundred scattered rows and index pages per query: a 64 MiB
         # page cache (SQLite's default is 2 MiB) keeps the recent ones in process.
         await reader.execute(f"PRAGMA cache_size = {-READER_CACHE_KIB}")
-        return cls(path, writer, reader)
+        store = cls(path, writer, reader)
+        # WAL checkpoints in the background, so that commits need not (checkpoint.py).
+        store._checkpointer = await Checkpointer.start(
+            path, busy_timeout_ms, lambda: store._commits.jobs
+        )
+        return store
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         async with self._write_lock:
             await self._writer.close()
         await self._reader.close()
