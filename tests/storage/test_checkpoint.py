@@ -4,6 +4,7 @@ database file itself within about a second, although no commit checkpoints them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from byok.server.storage.sqlite.checkpoint import INTERVAL_SECONDS
 def in_database_file(path: Path, conversation_id: str) -> bool:
     """Whether the row is in the main database file, not only in the WAL: an immutable
     connection reads the file alone."""
-    with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as db:
         row = db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,))
         return row.fetchone() is not None
 
