@@ -244,6 +244,42 @@ async def test_deltas_are_not_held_back(up: ScriptedUpstream, make: Make) -> Non
     assert all(gap >= 0.15 for gap in gaps), gaps
 
 
+# -- compression ---------------------------------------------------------------------
+
+
+async def test_asks_for_the_stream_uncompressed(up: ScriptedUpstream, make: Make) -> None:
+    await collect(make())
+    await collect(make(key=None))
+    assert [r.headers.get("accept-encoding") for r in up.requests] == ["identity", "identity"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_stream_compressed_anyway_is_decoded_as_it_arrives(
+    up: ScriptedUpstream, make: Make, encoding: str
+) -> None:
+    """A proxy that compresses whatever was asked: each event still goes out on arrival."""
+    up.reply(["a", "b", "c"], delay=0.2, usage=(5, 3), encoding=encoding)
+    events: list[StreamEvent] = []
+    arrivals: list[float] = []
+    async for event in make().stream("gpt-4o-mini", HELLO, SamplingParams()):
+        events.append(event)
+        arrivals.append(time.monotonic())
+    assert events == [TextDelta("a"), TextDelta("b"), TextDelta("c"), StreamEnd("stop", 5, 3)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals[:3])]
+    assert all(gap >= 0.15 for gap in gaps), gaps
+
+
+async def test_a_stream_in_an_encoding_byok_cannot_read_is_a_clear_error(
+    up: ScriptedUpstream, make: Make
+) -> None:
+    up.reply(["a"], encoding="br")
+    events, err = await failure(make())
+    assert events == []
+    assert isinstance(err, Unavailable)
+    assert err.reason == "UPSTREAM_ENCODING"
+    assert "Content-Encoding 'br'" in err.message
+
+
 # -- HTTP errors ---------------------------------------------------------------------
 
 

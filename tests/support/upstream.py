@@ -19,6 +19,7 @@ import contextlib
 import json
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class _Reply:
     usage: tuple[int, int] | None = None
     cut_after: int | None = None  # content chunks sent before the connection is dropped
     together: bool = False  # all content chunks in one write
+    encoding: str = ""  # a Content-Encoding the stream is sent in, whatever was asked
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,16 @@ class ScriptedUpstream:
         finish_reason: str = "stop",
         usage: tuple[int, int] | None = None,
         together: bool = False,
+        encoding: str = "",
     ) -> None:
         """Answers with these content chunks, `delay` seconds before each one; with
         `together`, all of them in one write (as a fast upstream's chunks arrive at a
-        reader that is behind)."""
-        self._script.append(_Reply(tuple(chunks), delay, finish_reason, usage, together=together))
+        reader that is behind). With `encoding` ("gzip" or "deflate"; any other name is
+        sent as is over plain bytes) the stream is compressed whatever the request's
+        Accept-Encoding said, each write flushed, as a compressing proxy would."""
+        self._script.append(
+            _Reply(tuple(chunks), delay, finish_reason, usage, together=together, encoding=encoding)
+        )
 
     def fail(
         self,
@@ -312,23 +319,26 @@ class _SSEStream(Response):
                 pass
             gone.set()
 
+        encoding = self.script.encoding if isinstance(self.script, _Reply) else ""
+        compress = _compressor(encoding)
+
         async def play() -> None:
             nonlocal complete
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"text/event-stream; charset=utf-8"),
-                        (b"cache-control", b"no-cache"),
-                    ],
-                }
-            )
+            headers = [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+            ]
+            if encoding:
+                headers.append((b"content-encoding", encoding.encode()))
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for data in self._events():
+                if compress is not None:
+                    data = compress.compress(data) + compress.flush(zlib.Z_SYNC_FLUSH)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             if isinstance(self.script, _Reply) and self.script.cut_after is not None:
                 return  # returning mid-body makes uvicorn drop the connection
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tail = compress.flush() if compress is not None else b""
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
             complete = True
 
         watcher = asyncio.create_task(watch())
@@ -398,6 +408,14 @@ class _SSEStream(Response):
     @staticmethod
     def _sse(chunk: Mapping[str, Any]) -> bytes:
         return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+
+
+def _compressor(encoding: str) -> Any:
+    """A zlib stream for gzip or deflate (each write is flushed, so every event can be
+    decoded on arrival); None for any other name, whose bytes go out as they are."""
+    if encoding not in ("gzip", "deflate"):
+        return None
+    return zlib.compressobj(wbits=16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
 
 
 class ThreadedUpstream:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import re
+import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
@@ -61,10 +62,14 @@ _NO_ORG_HEADERS: dict[str, str | openai.Omit] = {
     "OpenAI-Organization": openai.omit,
     "OpenAI-Project": openai.omit,
 }
+# The stream is asked for uncompressed (the HTTP client's default asks for gzip): the body
+# is read raw, event by event, and a compressing server or proxy may also hold back the
+# text it has not filled a block with. One that compresses anyway is decoded (_inflater).
+_STREAM_HEADERS: dict[str, str | openai.Omit] = {**_NO_ORG_HEADERS, "Accept-Encoding": "identity"}
 # A provider without a key sends no Authorization header at all.
-_NO_AUTH_HEADERS: dict[str, str | openai.Omit] = {**_NO_ORG_HEADERS, "Authorization": openai.omit}
+_NO_AUTH_HEADERS: dict[str, str | openai.Omit] = {**_STREAM_HEADERS, "Authorization": openai.omit}
 # Per-request SDK options, built once: the SDK copies them into its own request options.
-_WITH_KEY: openai.RequestOptions = {"headers": _NO_ORG_HEADERS}
+_WITH_KEY: openai.RequestOptions = {"headers": _STREAM_HEADERS}
 _WITHOUT_KEY: openai.RequestOptions = {"headers": _NO_AUTH_HEADERS}
 _STREAM_OPTIONS = {"include_usage": True}
 _UNUSED_KEY = "byok-no-key"  # only to satisfy the SDK; never sent (see _NO_AUTH_HEADERS)
@@ -191,6 +196,8 @@ class OpenAICompatProvider:
                         raw_body = await response.aread()
                     raise self._error_body(raw_body, secrets)
                 body: BodyReader = response.extensions[BODY_READER]
+                encoding = response.headers.get("content-encoding", "")
+                inflate = self._inflater(encoding)
                 # TOTAL_TIMEOUT_SECONDS over the body: one timer that drops the
                 # connection, rather than a timeout scope per read (this generator
                 # yields between reads, and a scope must not span a yield).
@@ -214,10 +221,11 @@ class OpenAICompatProvider:
                         raise
                     if expired:
                         raise TimeoutError
-                    if piece:
-                        buffer += piece
-                    else:
-                        eof = True
+                    eof = not piece
+                    if inflate is not None:
+                        piece = self._inflate(inflate, piece, encoding)
+                    buffer += piece
+                    if eof:
                         buffer += b"\n\n"  # dispatch an event left without its blank line
                     *lines, buffer = buffer.split(b"\n")
                     # The chunks of one read go out as one delta: nothing is held back
@@ -308,6 +316,38 @@ class OpenAICompatProvider:
                 retry_after=DEFAULT_RETRY_AFTER,
             )
         yield StreamEnd(finish_reason or "stop", prompt_tokens, completion_tokens)
+
+    def _inflater(self, encoding: str) -> zlib._Decompress | None:
+        """A decoder for a stream sent compressed although it was asked for as is."""
+        name = encoding.strip().lower()
+        if name in ("", "identity"):
+            return None
+        if name in ("gzip", "x-gzip"):
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if name == "deflate":
+            return zlib.decompressobj(zlib.MAX_WBITS)
+        raise Unavailable(
+            f"provider '{self.name}' sent the stream in Content-Encoding '{encoding[:40]}', "
+            "which byok cannot read while streaming (it asks for 'identity' and decodes "
+            "gzip and deflate)",
+            reason="UPSTREAM_ENCODING",
+            metadata={"provider": self.name, "content_encoding": encoding[:40]},
+        )
+
+    def _inflate(self, inflate: zlib._Decompress, piece: bytes, encoding: str) -> bytes:
+        """The decoded bytes of `piece` (maybe none yet); at the end (b""), whatever the
+        decoder still holds."""
+        try:
+            if piece:
+                return inflate.decompress(piece)
+            return inflate.flush()
+        except zlib.error as exc:
+            raise Unavailable(
+                f"provider '{self.name}' sent a stream that does not decode as "
+                f"{encoding.strip().lower()} ({exc})",
+                reason="UPSTREAM_MALFORMED",
+                metadata={"provider": self.name},
+            ) from None
 
     def _error_body(self, raw: bytes, secrets: Sequence[str | None]) -> Unavailable:
         message = raw[:500].decode("utf-8", "replace")
