@@ -233,6 +233,27 @@ async def test_finish_reason_without_done_is_a_complete_answer(
     assert await collect(make()) == [TextDelta("all"), StreamEnd("stop")]
 
 
+async def test_reads_what_pythons_json_reads_beyond_strict_json(
+    up: ScriptedUpstream, make: Make
+) -> None:
+    """NaN and integers past 64 bits are not strict JSON, but Python's own servers send
+    them (json.dumps does): such a chunk is still read."""
+    up.raw(
+        [
+            sse_chunk("a")[:-1] + ', "score": NaN}',
+            sse_chunk("b")[:-1] + f', "seed": {2**70}}}',
+            sse_chunk(None, "stop"),
+        ],
+        delay=0.05,
+    )
+    assert await collect(make()) == [TextDelta("a"), TextDelta("b"), StreamEnd("stop")]
+
+
+async def test_sends_non_ascii_text_as_utf8(up: ScriptedUpstream, make: Make) -> None:
+    await collect(make(), [ChatMessage("user", "héllo 🌊 日本")])
+    assert up.requests[0].json["messages"] == [{"role": "user", "content": "héllo 🌊 日本"}]
+
+
 async def test_deltas_are_not_held_back(up: ScriptedUpstream, make: Make) -> None:
     up.reply(["a", "b", "c", "d"], delay=0.2)
     arrivals: list[float] = []

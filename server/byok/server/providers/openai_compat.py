@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 import httpx2
 import openai
+import orjson
 
 from byok.server.errors import (
     ByokError,
@@ -172,7 +173,7 @@ class OpenAICompatProvider:
         completion_tokens: int | None = None
         done = False
         # The body is our plain JSON, serialized as the SDK would (same bytes).
-        content = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
+        content = orjson.dumps(request)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 async with asyncio.timeout_at(deadline):
@@ -368,9 +369,12 @@ class OpenAICompatProvider:
 
     def _decode(self, payload: bytes, secrets: Sequence[str | None]) -> dict[str, Any]:
         try:
-            chunk = json.loads(payload)
-        except ValueError:
-            chunk = None
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            try:  # what the stdlib also reads (NaN, integers past 64 bits)
+                chunk = json.loads(payload)
+            except ValueError:
+                chunk = None
         if not isinstance(chunk, dict):
             shown = redact(payload.decode("utf-8", "replace"), secrets)[:MAX_SHOWN_LINE]
             raise Unavailable(
