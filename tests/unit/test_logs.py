@@ -103,6 +103,27 @@ def test_json_line_has_the_fields(json_logs: Capture) -> None:
     assert len(json_logs.lines()) == 2  # one object per line, newlines escaped
 
 
+def test_times_are_utc_with_milliseconds_across_seconds() -> None:
+    def at(created: float) -> str:
+        record = logging.LogRecord("byok.test", logging.INFO, "", 0, "x", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        return logs._iso_time(record)
+
+    assert at(1_780_000_000.5) == "2026-05-28T20:26:40.500Z"
+    assert at(1_780_000_000.999) == "2026-05-28T20:26:40.999Z"
+    assert at(1_780_000_001.0) == "2026-05-28T20:26:41.000Z"
+    assert at(1_780_000_000.25) == "2026-05-28T20:26:40.250Z"  # a late record, same second
+
+
+def test_fields_json_cannot_hold_still_make_one_line(json_logs: Capture) -> None:
+    log = logging.getLogger("byok.test")
+    log.info("odd fields", extra={"path": logging.Logger, "big": 2**70})
+    log.info("a lone surrogate: \ud800")
+    first, second = json_logs.records()
+    assert first["path"] == str(logging.Logger) and first["big"] == 2**70
+    assert second["message"] == "a lone surrogate: \ud800"
+
+
 def test_debug_is_filtered_by_level(json_logs: Capture) -> None:
     logging.getLogger("byok.test").debug("not shown")
     assert json_logs.lines() == []

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import IO, Any, Literal
 
+import orjson
+
 LogFormat = Literal["json", "text", "auto"]
 
 ACCESS_LOGGER = "byok.access"
@@ -138,10 +140,17 @@ def _context(record: logging.LogRecord) -> tuple[str | None, str | None]:
     return request_id, user
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def _iso_time(record: logging.LogRecord) -> str:
-    """2026-03-01T12:00:00.123Z (UTC)."""
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+    """2026-03-01T12:00:00.123Z (UTC). Lines come many a second under load, so the
+    formatted second is reused."""
+    whole = int(record.created)
+    if _second[0] != whole:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = whole
+    return f"{_second[1]}.{int(record.msecs):03d}Z"
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -174,9 +183,9 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = record.exc_text
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        try:
-            return json.dumps(out, ensure_ascii=False)
-        except (TypeError, ValueError):  # an extra field JSON does not know: as text
+        try:  # an extra field JSON does not know goes out as its text
+            return orjson.dumps(out, default=str).decode()
+        except orjson.JSONEncodeError:  # what only the stdlib writes (lone surrogates)
             return json.dumps(out, ensure_ascii=False, default=str)
 
 
