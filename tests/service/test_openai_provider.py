@@ -249,6 +249,28 @@ async def test_reads_what_pythons_json_reads_beyond_strict_json(
     assert await collect(make()) == [TextDelta("a"), TextDelta("b"), StreamEnd("stop")]
 
 
+async def test_a_long_chunk_arriving_in_many_reads_is_one_delta(
+    up: ScriptedUpstream, make: Make
+) -> None:
+    text = "0123456789abcdef" * 65536  # 1 MiB
+    up.raw([sse_chunk(text), sse_chunk(None, "stop")])
+    assert await collect(make()) == [TextDelta(text), StreamEnd("stop")]
+
+
+@pytest.mark.parametrize("shape", ["one line", "many data lines"])
+async def test_an_event_past_8_mib_ends_the_stream_after_the_text_before_it(
+    up: ScriptedUpstream, make: Make, shape: str
+) -> None:
+    """An upstream that never ends its event cannot fill the server's memory."""
+    mib = "x" * (1024 * 1024)
+    huge = "data: " + mib * 9 if shape == "one line" else "\n".join(["data: " + mib] * 9)
+    up.raw([sse_chunk("before"), huge, sse_chunk(None, "stop")], delay=0.05)
+    events, err = await failure(make())
+    assert events == [TextDelta("before")]
+    assert isinstance(err, Unavailable) and err.reason == "UPSTREAM_MALFORMED"
+    assert "longer than 8 MiB" in err.message
+
+
 async def test_sends_non_ascii_text_as_utf8(up: ScriptedUpstream, make: Make) -> None:
     await collect(make(), [ChatMessage("user", "héllo 🌊 日本")])
     assert up.requests[0].json["messages"] == [{"role": "user", "content": "héllo 🌊 日本"}]

@@ -54,6 +54,9 @@ DEFAULT_RETRY_AFTER = 1.0
 # goes back to the pool (normally just the chunked-encoding terminator, already read).
 DRAIN_SECONDS = 0.2
 DRAIN_BYTES = 64 * 1024
+# One event of the stream (a chunk is well under 1 KiB; a whole answer in one chunk stays
+# far below this): an upstream that never ends its line cannot fill the server's memory.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
 
 _KEYLIKE = re.compile(r"sk-[A-Za-z0-9_-]{8,}")
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',]+")
@@ -212,6 +215,7 @@ class OpenAICompatProvider:
                 stack.callback(loop.call_at(deadline, expire).cancel)
                 buffer = b""
                 data: list[bytes] = []
+                held = 0  # bytes in `data`: the event being read
                 eof = False
                 while not done and not eof:
                     try:
@@ -228,6 +232,10 @@ class OpenAICompatProvider:
                     buffer += piece
                     if eof:
                         buffer += b"\n\n"  # dispatch an event left without its blank line
+                    elif b"\n" not in piece:  # the line goes on: nothing to dispatch yet
+                        if len(buffer) + held > MAX_EVENT_BYTES:
+                            raise self._too_large()
+                        continue
                     *lines, buffer = buffer.split(b"\n")
                     # The chunks of one read go out as one delta: nothing is held back
                     # for a later read, and a server that is behind forwards fewer,
@@ -239,11 +247,13 @@ class OpenAICompatProvider:
                         if line.startswith(b"data:"):
                             value = line[5:]
                             data.append(value[1:] if value.startswith(b" ") else value)
+                            held += len(value)
                             continue
                         if line or not data:
                             continue  # a comment or another field; or a blank line alone
                         payload = b"\n".join(data)
                         data.clear()
+                        held = 0
                         if payload.strip() == b"[DONE]":
                             done = True
                             break
@@ -270,6 +280,8 @@ class OpenAICompatProvider:
                             completion_tokens = _int_or(
                                 usage.get("completion_tokens"), completion_tokens
                             )
+                    if failure is None and len(buffer) + held > MAX_EVENT_BYTES:
+                        failure = self._too_large()
                     if texts:
                         yield TextDelta(texts[0] if len(texts) == 1 else "".join(texts))
                     if failure is not None:
@@ -317,6 +329,14 @@ class OpenAICompatProvider:
                 retry_after=DEFAULT_RETRY_AFTER,
             )
         yield StreamEnd(finish_reason or "stop", prompt_tokens, completion_tokens)
+
+    def _too_large(self) -> Unavailable:
+        return Unavailable(
+            f"provider '{self.name}' sent a stream event longer than "
+            f"{MAX_EVENT_BYTES // (1024 * 1024)} MiB",
+            reason="UPSTREAM_MALFORMED",
+            metadata={"provider": self.name},
+        )
 
     def _inflater(self, encoding: str) -> zlib._Decompress | None:
         """A decoder for a stream sent compressed although it was asked for as is."""
