@@ -518,6 +518,46 @@ async def test_malformed_line(up: ScriptedUpstream, make: Make) -> None:
     assert "x" * 200 not in err.message  # the line is cut to 200 characters
 
 
+async def test_a_whole_completion_sent_instead_of_a_stream_is_one_delta(
+    up: ScriptedUpstream, make: Make
+) -> None:
+    """A server that ignores `stream: true` and answers the whole chat.completion."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": "all at once"}}
+    completion = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{**choice, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+    }
+    up.fail(200, completion)
+    assert await collect(make()) == [TextDelta("all at once"), StreamEnd("length", 9, 4)]
+    up.fail(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": None}}]})
+    assert await collect(make()) == [StreamEnd("stop")]
+
+
+@pytest.mark.parametrize(
+    "body", [{"error": {"message": "quota exceeded"}}, {"detail": "quota exceeded"}, "quota"]
+)
+async def test_a_json_body_that_is_no_answer_is_an_error_with_its_message(
+    up: ScriptedUpstream, make: Make, body: object
+) -> None:
+    up.fail(200, body)
+    events, err = await failure(make())
+    assert events == []
+    assert isinstance(err, Unavailable) and err.reason == "UPSTREAM_ERROR"
+    assert "quota" in err.message
+
+
+async def test_an_answer_past_8_mib_instead_of_a_stream_is_refused(
+    up: ScriptedUpstream, make: Make
+) -> None:
+    up.fail(200, {"choices": [{"message": {"content": "y" * (9 * 1024 * 1024)}}]})
+    events, err = await failure(make())
+    assert events == []
+    assert isinstance(err, Unavailable) and err.reason == "UPSTREAM_MALFORMED"
+    assert "an answer longer than 8 MiB" in err.message
+
+
 async def test_error_inside_a_200_stream(up: ScriptedUpstream, make: Make) -> None:
     error = {"error": {"message": f"model overloaded (key {KEY})", "type": "server_error"}}
     up.raw([sse_chunk("par"), "data: " + json.dumps(error)])

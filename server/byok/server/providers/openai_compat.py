@@ -195,99 +195,112 @@ class OpenAICompatProvider:
                 stack.push_async_callback(response.aclose)
                 kind = response.headers.get("content-type", "")
                 if "text/event-stream" not in kind:
-                    # Some servers answer a streamed request with a 200 and a JSON error.
+                    # Some servers answer a streamed request with a 200 and a JSON error,
+                    # and some with the whole answer as one chat.completion.
                     async with asyncio.timeout_at(deadline):
-                        raw_body = await response.aread()
-                    raise self._error_body(raw_body, secrets)
-                body: BodyReader = response.extensions[BODY_READER]
-                encoding = response.headers.get("content-encoding", "")
-                inflate = self._inflater(encoding)
-                # TOTAL_TIMEOUT_SECONDS over the body: one timer that drops the
-                # connection, rather than a timeout scope per read (this generator
-                # yields between reads, and a scope must not span a yield).
-                expired = False
+                        raw_body = await self._read_whole(response)
+                    answer = _whole_answer(raw_body)
+                    if answer is None:
+                        raise self._error_body(raw_body, secrets)
+                    whole, finish_reason, prompt_tokens, completion_tokens = answer
+                    done = True
+                    if whole:
+                        deltas += 1
+                        yield TextDelta(whole)
+                else:
+                    body: BodyReader = response.extensions[BODY_READER]
+                    encoding = response.headers.get("content-encoding", "")
+                    inflate = self._inflater(encoding)
+                    # TOTAL_TIMEOUT_SECONDS over the body: one timer that drops the
+                    # connection, rather than a timeout scope per read (this generator
+                    # yields between reads, and a scope must not span a yield).
+                    expired = False
 
-                def expire() -> None:
-                    nonlocal expired
-                    expired = True
-                    body.abort()
+                    def expire() -> None:
+                        nonlocal expired
+                        expired = True
+                        body.abort()
 
-                stack.callback(loop.call_at(deadline, expire).cancel)
-                buffer = b""
-                data: list[bytes] = []
-                held = 0  # bytes in `data`: the event being read
-                eof = False
-                while not done and not eof:
-                    try:
-                        piece = await body.read_some()
-                    except httpx2.TransportError:
-                        if expired:
-                            raise TimeoutError from None
-                        raise
-                    if expired:
-                        raise TimeoutError
-                    eof = not piece
-                    if inflate is not None:
-                        piece = self._inflate(inflate, piece, encoding)
-                    buffer += piece
-                    if eof:
-                        buffer += b"\n\n"  # dispatch an event left without its blank line
-                    elif b"\n" not in piece:  # the line goes on: nothing to dispatch yet
-                        if len(buffer) + held > MAX_EVENT_BYTES:
-                            raise self._too_large()
-                        continue
-                    *lines, buffer = buffer.split(b"\n")
-                    # The chunks of one read go out as one delta: nothing is held back
-                    # for a later read, and a server that is behind forwards fewer,
-                    # larger messages instead of falling further behind.
-                    texts: list[str] = []
-                    failure: Unavailable | None = None
-                    for raw in lines:
-                        line = raw[:-1] if raw.endswith(b"\r") else raw
-                        if line.startswith(b"data:"):
-                            value = line[5:]
-                            data.append(value[1:] if value.startswith(b" ") else value)
-                            held += len(value)
-                            continue
-                        if line or not data:
-                            continue  # a comment or another field; or a blank line alone
-                        payload = b"\n".join(data)
-                        data.clear()
-                        held = 0
-                        if payload.strip() == b"[DONE]":
-                            done = True
-                            break
+                    stack.callback(loop.call_at(deadline, expire).cancel)
+                    buffer = b""
+                    data: list[bytes] = []
+                    held = 0  # bytes in `data`: the event being read
+                    eof = False
+                    while not done and not eof:
                         try:
-                            chunk = self._decode(payload, secrets)
-                        except Unavailable as exc:
-                            failure = exc  # after the text that came before it
-                            break
-                        choices = chunk.get("choices")
-                        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
-                            choice = choices[0]
-                            delta = choice.get("delta")
-                            if isinstance(delta, dict):
-                                text = delta.get("content")
-                                if text and isinstance(text, str):
-                                    deltas += 1
-                                    texts.append(text)
-                            reason = choice.get("finish_reason")
-                            if reason and isinstance(reason, str):
-                                finish_reason = reason
-                        usage = chunk.get("usage")
-                        if isinstance(usage, dict):
-                            prompt_tokens = _int_or(usage.get("prompt_tokens"), prompt_tokens)
-                            completion_tokens = _int_or(
-                                usage.get("completion_tokens"), completion_tokens
-                            )
-                    if failure is None and len(buffer) + held > MAX_EVENT_BYTES:
-                        failure = self._too_large()
-                    if texts:
-                        yield TextDelta(texts[0] if len(texts) == 1 else "".join(texts))
-                    if failure is not None:
-                        raise failure
-                if done and not eof:
-                    await _drain(body)
+                            piece = await body.read_some()
+                        except httpx2.TransportError:
+                            if expired:
+                                raise TimeoutError from None
+                            raise
+                        if expired:
+                            raise TimeoutError
+                        eof = not piece
+                        if inflate is not None:
+                            piece = self._inflate(inflate, piece, encoding)
+                        buffer += piece
+                        if eof:
+                            buffer += b"\n\n"  # dispatch an event left without its blank line
+                        elif b"\n" not in piece:  # the line goes on: nothing to dispatch yet
+                            if len(buffer) + held > MAX_EVENT_BYTES:
+                                raise self._too_large()
+                            continue
+                        *lines, buffer = buffer.split(b"\n")
+                        # The chunks of one read go out as one delta: nothing is held back
+                        # for a later read, and a server that is behind forwards fewer,
+                        # larger messages instead of falling further behind.
+                        texts: list[str] = []
+                        failure: Unavailable | None = None
+                        for raw in lines:
+                            line = raw[:-1] if raw.endswith(b"\r") else raw
+                            if line.startswith(b"data:"):
+                                value = line[5:]
+                                data.append(value[1:] if value.startswith(b" ") else value)
+                                held += len(value)
+                                continue
+                            if line or not data:
+                                continue  # a comment or another field; or a blank line alone
+                            payload = b"\n".join(data)
+                            data.clear()
+                            held = 0
+                            if payload.strip() == b"[DONE]":
+                                done = True
+                                break
+                            try:
+                                chunk = self._decode(payload, secrets)
+                            except Unavailable as exc:
+                                failure = exc  # after the text that came before it
+                                break
+                            choices = chunk.get("choices")
+                            if (
+                                choices
+                                and isinstance(choices, list)
+                                and isinstance(choices[0], dict)
+                            ):
+                                choice = choices[0]
+                                delta = choice.get("delta")
+                                if isinstance(delta, dict):
+                                    text = delta.get("content")
+                                    if text and isinstance(text, str):
+                                        deltas += 1
+                                        texts.append(text)
+                                reason = choice.get("finish_reason")
+                                if reason and isinstance(reason, str):
+                                    finish_reason = reason
+                            usage = chunk.get("usage")
+                            if isinstance(usage, dict):
+                                prompt_tokens = _int_or(usage.get("prompt_tokens"), prompt_tokens)
+                                completion_tokens = _int_or(
+                                    usage.get("completion_tokens"), completion_tokens
+                                )
+                        if failure is None and len(buffer) + held > MAX_EVENT_BYTES:
+                            failure = self._too_large()
+                        if texts:
+                            yield TextDelta(texts[0] if len(texts) == 1 else "".join(texts))
+                        if failure is not None:
+                            raise failure
+                    if done and not eof:
+                        await _drain(body)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"provider '{self.name}' did not finish within {self._timeouts.total:g}s "
@@ -330,13 +343,24 @@ class OpenAICompatProvider:
             )
         yield StreamEnd(finish_reason or "stop", prompt_tokens, completion_tokens)
 
-    def _too_large(self) -> Unavailable:
+    def _too_large(self, what: str = "a stream event") -> Unavailable:
         return Unavailable(
-            f"provider '{self.name}' sent a stream event longer than "
+            f"provider '{self.name}' sent {what} longer than "
             f"{MAX_EVENT_BYTES // (1024 * 1024)} MiB",
             reason="UPSTREAM_MALFORMED",
             metadata={"provider": self.name},
         )
+
+    async def _read_whole(self, response: httpx2.Response) -> bytes:
+        """A body that is not a stream, decoded, up to MAX_EVENT_BYTES."""
+        parts: list[bytes] = []
+        size = 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > MAX_EVENT_BYTES:
+                raise self._too_large("an answer")
+            parts.append(part)
+        return b"".join(parts)
 
     def _inflater(self, encoding: str) -> zlib._Decompress | None:
         """A decoder for a stream sent compressed although it was asked for as is."""
@@ -491,6 +515,33 @@ async def _drain(body: BodyReader) -> None:
                 seen += len(piece)
                 if seen > DRAIN_BYTES:
                     break
+
+
+def _whole_answer(raw: bytes) -> tuple[str, str | None, int | None, int | None] | None:
+    """Text, finish reason and token counts of a whole chat.completion sent instead of a
+    stream; None for any other body (an error, a proxy's page)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict) or body.get("error"):
+        return None
+    choices = body.get("choices")
+    if not (choices and isinstance(choices, list) and isinstance(choices[0], dict)):
+        return None
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        return None
+    content = message.get("content")
+    reason = choices[0].get("finish_reason")
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    return (
+        content if isinstance(content, str) else "",
+        reason if isinstance(reason, str) and reason else None,
+        _int_or(usage.get("prompt_tokens"), None),
+        _int_or(usage.get("completion_tokens"), None),
+    )
 
 
 def _int_or(value: object, default: int | None) -> int | None:
