@@ -410,7 +410,7 @@ class _SSEStream(Response):
         return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
 
 
-def _compressor(encoding: str) -> Any:
+def _compressor(encoding: str) -> zlib._Compress | None:
     """A zlib stream for gzip or deflate (each write is flushed, so every event can be
     decoded on arrival); None for any other name, whose bytes go out as they are."""
     if encoding not in ("gzip", "deflate"):

@@ -15,6 +15,7 @@ defence.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -140,17 +141,15 @@ def _context(record: logging.LogRecord) -> tuple[str | None, str | None]:
     return request_id, user
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+@functools.lru_cache(maxsize=4)
+def _utc_second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def _iso_time(record: logging.LogRecord) -> str:
-    """2026-03-01T12:00:00.123Z (UTC). Lines come many a second under load, so the
-    formatted second is reused."""
-    whole = int(record.created)
-    if _second[0] != whole:
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second[0] = whole
-    return f"{_second[1]}.{int(record.msecs):03d}Z"
+    """2026-03-01T12:00:00.123Z (UTC). Lines come many a second under load, so a
+    formatted second is reused (a cache several threads may share)."""
+    return f"{_utc_second(int(record.created))}.{int(record.msecs):03d}Z"
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
